@@ -1,0 +1,81 @@
+"""Where the configs live, and the checks every run makes before doing any work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from ganlab.errors import GanlabError
+
+_PKG = Path(__file__).resolve().parent
+
+
+def config_dir() -> str:
+    """The Hydra primary config dir.
+
+    A wheel (`pip install .`) carries the top-level conf/ as ganlab/conf; an editable install or a
+    source checkout has it beside the package. Both are absolute paths, so the CLI works from any
+    working directory; users add their own config dirs with `hydra.searchpath`.
+    """
+    for candidate in (_PKG / "conf", _PKG.parent / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return str(candidate)
+    raise GanlabError(
+        f"ganlab's configs were not found (looked in {_PKG / 'conf'} and {_PKG.parent / 'conf'}); "
+        "reinstall the package with `pip install .` from a ganlab checkout."
+    )
+
+
+def _positive(value, name: str, *, integer: bool = True, allow_zero: bool = False) -> None:
+    kind = "an integer" if integer else "a number"
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise GanlabError(f"{name}={value!r} is not valid: it must be {kind} {bound} (e.g. {name}=1).")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Reject bad values before any data is read or any model is built."""
+    t = cfg.train
+    for key in ("steps", "batch_size", "n_critic", "log_every", "sample_every", "ckpt_every", "n_samples"):
+        _positive(t[key], f"train.{key}")
+    _positive(t.num_workers, "train.num_workers", allow_zero=True)
+    if t.max_minutes is not None:
+        _positive(t.max_minutes, "train.max_minutes", integer=False)
+    if t.progress not in ("auto", "rich", "plain", "none"):
+        raise GanlabError(f"train.progress={t.progress!r} is not valid: use auto, rich, plain or none.")
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
+        raise GanlabError(f"seed={cfg.seed!r} is not valid: it must be an integer (e.g. seed=0).")
+    if cfg.device not in ("auto", "cpu", "cuda", "mps") and not str(cfg.device).startswith("cuda:"):
+        raise GanlabError(f"device={cfg.device!r} is not valid: use auto, cpu, cuda, cuda:N or mps.")
+
+    opt = cfg.optimizer
+    for key in ("lr", "lr_g", "lr_d"):
+        if key in opt and opt[key] is not None:
+            _positive(opt[key], f"optimizer.{key}", integer=False)
+    if "betas" in opt:
+        betas = list(opt.betas)
+        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+            raise GanlabError(f"optimizer.betas={betas} is not valid: give two numbers in [0, 1), e.g. [0.5,0.999].")
+
+    m = cfg.model
+    _positive(m.z_dim, "model.z_dim")
+    _positive(m.width, "model.width")
+    if m.backbone not in ("mlp", "dcgan", "auto"):
+        raise GanlabError(f"model.backbone={m.backbone!r} is not valid: use mlp, dcgan or auto.")
+    for key, allowed in (("g_norm", ("batch", "none")), ("d_norm", ("batch", "layer", "none")),
+                         ("g_act", ("relu", "leaky_relu"))):
+        if m[key] not in allowed:
+            raise GanlabError(f"model.{key}={m[key]!r} is not valid: use one of {', '.join(allowed)}.")
+    if m.init_std is not None:
+        _positive(m.init_std, "model.init_std", integer=False)
+    for key in ("g_hidden", "d_hidden"):
+        for width in m[key]:
+            _positive(width, f"model.{key} entries")
+
+    if cfg.penalty.name != "none":
+        _positive(cfg.penalty.weight, "penalty.weight", integer=False, allow_zero=True)
+    d = cfg.dataset
+    if "resolution" in d and d.resolution is not None:
+        _positive(d.resolution, "dataset.resolution")

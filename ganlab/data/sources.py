@@ -1,0 +1,246 @@
+"""Dataset sources. Each is named by `_target_` in conf/dataset/*.yaml and built by Hydra.
+
+In-memory image sets (MNIST, Fashion-MNIST, CIFAR-10) return one uint8 tensor N x C x H x W
+(`load()`); the training loop keeps it on the device. `image_folder` is disk-backed and gives a
+torch Dataset (`dataset()`) for a DataLoader. 2D mixtures sample on the device (`sample()`).
+Pixels reach the models in [-1, 1] (see ganlab.data.batches.to_unit_range).
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ganlab.data.idx import read_idx
+from ganlab.errors import GanlabError
+
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_TORCHVISION = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10"}
+
+
+def _check_split(split: str, allowed=("train", "test")) -> None:
+    if split not in allowed:
+        raise GanlabError(f"dataset.split={split!r} is not valid: use {' or '.join(allowed)}.")
+
+
+def _resize_uint8(x: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Resize N x C x H x W uint8 images to resolution x resolution (area/bilinear, antialiased)."""
+    if x.shape[-1] == resolution and x.shape[-2] == resolution:
+        return x
+    out = []
+    for chunk in x.split(4096):
+        y = F.interpolate(chunk.float(), size=(resolution, resolution), mode="bilinear",
+                          antialias=True, align_corners=False)
+        out.append(y.round().clamp(0, 255).to(torch.uint8))
+    return torch.cat(out)
+
+
+def _download(name: str, root: Path, train: bool) -> str | None:
+    """Let torchvision download `name` into root; return None on success or the reason it failed."""
+    import torchvision.datasets as tvd
+
+    try:
+        getattr(tvd, _TORCHVISION[name])(str(root), train=train, download=True)
+    except Exception as exc:  # network errors come in many types; the message is what matters
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip()
+    return None
+
+
+class _ImageSource:
+    kind = "image"
+    in_memory = True
+
+    def __init__(self, name: str, resolution: int, channels: int, num_classes: int | None):
+        self.name = name
+        self.resolution = int(resolution)
+        self.channels = int(channels)
+        self.num_classes = num_classes
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.channels, self.resolution, self.resolution)
+
+
+class IdxSource(_ImageSource):
+    """MNIST-style IDX files: <root>/<folder>/raw/ (torchvision's layout), <root>/<folder>/, <root>/,
+    then `system_dirs` (e.g. Debian's /usr/share/datasets/fashion-mnist), then a download."""
+
+    def __init__(self, name, folder, root, split="train", system_dirs=(), download=True,
+                 resolution=28, channels=1, num_classes=10):
+        super().__init__(name, resolution, channels, num_classes)
+        _check_split(split)
+        self.folder, self.root, self.split = folder, Path(str(root)).expanduser(), split
+        self.system_dirs = [Path(str(p)) for p in system_dirs]
+        self.download = bool(download)
+
+    def candidates(self) -> list[Path]:
+        r = self.root
+        return [r / self.folder / "raw", r / self.folder, r, *self.system_dirs]
+
+    def _find(self) -> tuple[Path, Path] | None:
+        images, labels = _IDX_FILES[self.split]
+        for d in self.candidates():
+            for suffix in ("", ".gz"):
+                img, lab = d / (images + suffix), d / (labels + suffix)
+                if img.is_file() and lab.is_file():
+                    return img, lab
+        return None
+
+    def load(self) -> tuple[torch.Tensor, torch.Tensor]:
+        found = self._find()
+        failure = None
+        if found is None and self.download:
+            failure = _download(self.name, self.root, self.split == "train")
+            found = self._find()
+        if found is None:
+            tried = "\n".join(f"  - {d}/{_IDX_FILES[self.split][0]}[.gz]" for d in self.candidates())
+            how = f"download into {self.root}: failed ({failure})" if self.download else "download: off"
+            extra = " or `apt-get install dataset-fashion-mnist`" if self.name == "fashion_mnist" else ""
+            raise GanlabError(
+                f"{self.name} data not found. Tried:\n{tried}\n  - {how}\n"
+                f"Fix: put the IDX files (gzipped or not) in {self.root / self.folder / 'raw'}, "
+                f"or point dataset.root=DIR at a directory holding them{extra}."
+            )
+        img_path, lab_path = found
+        images, labels = read_idx(img_path), read_idx(lab_path)
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise GanlabError(
+                f"{img_path} and {lab_path} do not match (shapes {images.shape} and {labels.shape}); "
+                "replace them with a matching pair."
+            )
+        x = torch.from_numpy(images.copy()).unsqueeze(1)
+        return _resize_uint8(x, self.resolution), torch.from_numpy(labels.astype(np.int64))
+
+
+class CifarSource(_ImageSource):
+    """CIFAR-10 in torchvision's layout: <root>/cifar-10-batches-py/{data_batch_1..5,test_batch}."""
+
+    FOLDER = "cifar-10-batches-py"
+
+    def __init__(self, name, root, split="train", download=True, resolution=32, channels=3, num_classes=10):
+        super().__init__(name, resolution, channels, num_classes)
+        _check_split(split)
+        self.root, self.split, self.download = Path(str(root)).expanduser(), split, bool(download)
+
+    def _files(self) -> list[Path]:
+        names = [f"data_batch_{i}" for i in range(1, 6)] if self.split == "train" else ["test_batch"]
+        return [self.root / self.FOLDER / n for n in names]
+
+    def load(self) -> tuple[torch.Tensor, torch.Tensor]:
+        files = self._files()
+        failure = None
+        if not all(f.is_file() for f in files) and self.download:
+            failure = _download(self.name, self.root, self.split == "train")
+        missing = [f for f in files if not f.is_file()]
+        if missing:
+            how = f"download into {self.root}: failed ({failure})" if self.download else "download: off"
+            raise GanlabError(
+                f"cifar10 data not found: missing {', '.join(str(m) for m in missing)}; {how}. "
+                f"Fix: unpack cifar-10-python.tar.gz into {self.root} (giving {self.root / self.FOLDER}), "
+                "or point dataset.root=DIR at the directory that holds cifar-10-batches-py."
+            )
+        xs, ys = [], []
+        for f in files:
+            try:
+                with open(f, "rb") as fh:
+                    batch = pickle.load(fh, encoding="bytes")
+                data, labels = batch[b"data"], batch[b"labels"]
+            except Exception as exc:
+                raise GanlabError(f"{f} is not a CIFAR-10 batch ({type(exc).__name__}); replace it.") from None
+            xs.append(np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(labels, dtype=np.int64))
+        x = torch.from_numpy(np.concatenate(xs))
+        if self.channels == 1:
+            x = (x.float() * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+            x = x.round().clamp(0, 255).to(torch.uint8)
+        return _resize_uint8(x, self.resolution), torch.from_numpy(np.concatenate(ys))
+
+
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+
+
+class _FolderDataset(torch.utils.data.Dataset):
+    def __init__(self, files: list[Path], resolution: int, channels: int):
+        from torchvision import transforms
+
+        self.files = files
+        self.mode = "L" if channels == 1 else "RGB"
+        self.transform = transforms.Compose([
+            transforms.Resize(resolution, antialias=True),
+            transforms.CenterCrop(resolution),
+            transforms.PILToTensor(),
+        ])
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        with Image.open(self.files[i]) as im:
+            return self.transform(im.convert(self.mode)), 0
+
+
+class ImageFolderSource(_ImageSource):
+    """Any directory of images, searched recursively; resized and centre-cropped to `resolution`."""
+
+    in_memory = False
+
+    def __init__(self, name, root, resolution=64, channels=3, num_classes=None):
+        super().__init__(name, resolution, channels, num_classes)
+        if channels not in (1, 3):
+            raise GanlabError(f"dataset.channels={channels} is not valid for image_folder: use 1 or 3.")
+        self.root = Path(str(root)).expanduser()
+
+    def dataset(self) -> torch.utils.data.Dataset:
+        if not self.root.is_dir():
+            raise GanlabError(f"image_folder: {self.root} is not a directory; set dataset.root=DIR to a folder of images.")
+        files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
+        if not files:
+            raise GanlabError(
+                f"image_folder: no images ({', '.join(sorted(_IMAGE_SUFFIXES))}) under {self.root}; "
+                "set dataset.root=DIR to a folder that holds some."
+            )
+        return _FolderDataset(files, self.resolution, self.channels)
+
+
+class MixtureSource:
+    """A mixture of isotropic 2D Gaussians: `ring` (n modes on a circle) or `grid` (n = k*k modes
+    on a k x k grid spanning [-radius, radius]^2)."""
+
+    kind = "points"
+    in_memory = False
+    num_classes = None
+    shape = (2,)
+
+    def __init__(self, name, layout, n_modes, radius, std):
+        self.name, self.std = name, float(std)
+        if layout == "ring":
+            angles = torch.arange(n_modes, dtype=torch.float64) * (2 * math.pi / n_modes)
+            modes = torch.stack([radius * torch.cos(angles), radius * torch.sin(angles)], 1)
+        elif layout == "grid":
+            k = math.isqrt(n_modes)
+            if k * k != n_modes or k < 2:
+                raise GanlabError(f"dataset.n_modes={n_modes} is not valid for a grid: use a square such as 25.")
+            axis = torch.linspace(-radius, radius, k, dtype=torch.float64)
+            modes = torch.cartesian_prod(axis, axis)
+        else:
+            raise GanlabError(f"dataset.layout={layout!r} is not valid: use ring or grid.")
+        if self.std <= 0:
+            raise GanlabError(f"dataset.std={std} is not valid: it must be > 0.")
+        self.modes = modes.float()
+
+    def sample(self, n: int, generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """n points and the index of the mode each came from, drawn on `device`."""
+        modes = self.modes.to(device)
+        idx = torch.randint(len(modes), (n,), generator=generator, device=device)
+        noise = torch.randn(n, 2, generator=generator, device=device)
+        return modes[idx] + self.std * noise, idx

@@ -1,0 +1,124 @@
+"""GAN losses as pure functions of D's raw outputs, and penalties kept separate.
+
+`d_real`, `d_fake`: D's unbounded scores (logits / critic values), one per sample.
+Each loss gives the discriminator's objective `d(d_real, d_fake)` and the generator's `g(d_fake)`,
+both to be MINIMISED. Sigmoid-based losses work on logits (softplus form: stable, no log(0)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ganlab.errors import GanlabError
+
+
+def bce_d(d_real: Tensor, d_fake: Tensor, real_target: float | Tensor = 1.0, fake_target: float | Tensor = 0.0) -> Tensor:
+    """-E[t log D(x) + (1-t) log(1-D(x))] over reals (target 1) plus fakes (target 0), D = sigmoid."""
+    real = F.binary_cross_entropy_with_logits(d_real, torch.broadcast_to(torch.as_tensor(real_target, dtype=d_real.dtype, device=d_real.device), d_real.shape))
+    fake = F.binary_cross_entropy_with_logits(d_fake, torch.broadcast_to(torch.as_tensor(fake_target, dtype=d_fake.dtype, device=d_fake.device), d_fake.shape))
+    return real + fake
+
+
+def minimax_g(d_fake: Tensor) -> Tensor:
+    """E[log(1 - D(G(z)))], the original saturating objective (Goodfellow et al. 2014, eq. 1)."""
+    return -F.softplus(d_fake).mean()
+
+
+def nonsaturating_g(d_fake: Tensor) -> Tensor:
+    """-E[log D(G(z))]: G trained with flipped labels (Goodfellow et al. 2014, sec. 3)."""
+    return F.softplus(-d_fake).mean()
+
+
+def wasserstein_d(d_real: Tensor, d_fake: Tensor) -> Tensor:
+    """E[D(G(z))] - E[D(x)]: the negated critic estimate of W1 (Arjovsky et al. 2017)."""
+    return d_fake.mean() - d_real.mean()
+
+
+def wasserstein_g(d_fake: Tensor) -> Tensor:
+    return -d_fake.mean()
+
+
+def least_squares_d(d_real: Tensor, d_fake: Tensor, a: float = 0.0, b: float = 1.0) -> Tensor:
+    """1/2 E[(D(x) - b)^2] + 1/2 E[(D(G(z)) - a)^2] (Mao et al. 2017, eq. 2)."""
+    return 0.5 * (d_real - b).pow(2).mean() + 0.5 * (d_fake - a).pow(2).mean()
+
+
+def least_squares_g(d_fake: Tensor, c: float = 1.0) -> Tensor:
+    """1/2 E[(D(G(z)) - c)^2]."""
+    return 0.5 * (d_fake - c).pow(2).mean()
+
+
+def hinge_d(d_real: Tensor, d_fake: Tensor) -> Tensor:
+    """E[relu(1 - D(x))] + E[relu(1 + D(G(z)))] (Lim & Ye 2017; Miyato et al. 2018)."""
+    return F.relu(1.0 - d_real).mean() + F.relu(1.0 + d_fake).mean()
+
+
+def hinge_g(d_fake: Tensor) -> Tensor:
+    return -d_fake.mean()
+
+
+@dataclass(frozen=True)
+class Loss:
+    name: str
+    d: Callable[..., Tensor]
+    g: Callable[..., Tensor]
+    sigmoid: bool  # D's score is a logit: log sigmoid(score) means as D(x), D(G(z)) probabilities
+    d_params: tuple[str, ...] = ()
+    g_params: tuple[str, ...] = ()
+
+
+LOSSES: dict[str, Loss] = {
+    "minimax": Loss("minimax", bce_d, minimax_g, sigmoid=True),
+    "nonsaturating": Loss("nonsaturating", bce_d, nonsaturating_g, sigmoid=True),
+    "wasserstein": Loss("wasserstein", wasserstein_d, wasserstein_g, sigmoid=False),
+    "least_squares": Loss("least_squares", least_squares_d, least_squares_g, sigmoid=False,
+                          d_params=("a", "b"), g_params=("c",)),
+    "hinge": Loss("hinge", hinge_d, hinge_g, sigmoid=False),
+}
+
+
+def get_loss(cfg) -> tuple[Loss, dict, dict]:
+    """The loss named by the `loss` config group, with its parameters split for d and g."""
+    name = cfg.name
+    if name not in LOSSES:
+        raise GanlabError(f"loss.name={name!r} is unknown: use one of {', '.join(LOSSES)}.")
+    loss = LOSSES[name]
+    return loss, {k: float(cfg[k]) for k in loss.d_params}, {k: float(cfg[k]) for k in loss.g_params}
+
+
+# ----------------------------------------------------------------------------------- penalties
+
+def gradient_penalty(critic: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor,
+                     center: float = 1.0, alpha: Tensor | None = None) -> Tensor:
+    """E[(||grad D(x_hat)||_2 - center)^2] (Gulrajani et al. 2017, Algorithm 1), unweighted.
+
+    x_hat = alpha * real + (1 - alpha) * fake with ONE alpha ~ U(0, 1) PER SAMPLE, and the norm of
+    each sample's gradient over all of its dimensions. Differentiable w.r.t. the critic's weights.
+    """
+    n = real.shape[0]
+    if alpha is None:
+        alpha = torch.rand(n, device=real.device, dtype=real.dtype)
+    alpha = alpha.view(n, *([1] * (real.dim() - 1)))
+    x_hat = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
+    scores = critic(x_hat)
+    (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
+    norms = grad.flatten(1).norm(2, dim=1)
+    return (norms - center).pow(2).mean()
+
+
+PENALTIES = {"gp": gradient_penalty}
+
+
+def get_penalty(cfg):
+    """(function, weight, kwargs) for the `penalty` group, or None for `penalty=none`."""
+    if cfg.name == "none" or float(cfg.weight) == 0.0:
+        return None
+    if cfg.name not in PENALTIES:
+        raise GanlabError(f"penalty.name={cfg.name!r} is unknown: use none or {', '.join(PENALTIES)}.")
+    kwargs = {"center": float(cfg.center)} if cfg.name == "gp" else {}
+    return PENALTIES[cfg.name], float(cfg.weight), kwargs

@@ -1,0 +1,85 @@
+"""Everything that reports on a run: TensorBoard event files and the console (rich or plain).
+
+Nothing else in ganlab knows about either. Values arrive here already on the host (the training
+loop syncs only on logging steps).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch.utils.tensorboard import SummaryWriter
+
+log = logging.getLogger("ganlab")
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class Monitor:
+    def __init__(self, run_dir: Path, total_steps: int, mode: str = "auto", start_step: int = 0):
+        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tb"))
+        self.total = total_steps
+        self.start_step = start_step
+        self.t0 = time.monotonic()
+        console = Console(file=sys.stdout)
+        if mode == "auto":
+            mode = "rich" if console.is_terminal else "plain"
+        self.mode = mode
+        self.progress = None
+        if mode == "rich":
+            self.progress = Progress(
+                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                TimeRemainingColumn(), TextColumn("{task.fields[losses]}"),
+                console=console, transient=False,
+            )
+            self.task = self.progress.add_task("train", total=total_steps, completed=start_step,
+                                               rate="", losses="")
+            self.progress.start()
+
+    def tick(self, step: int) -> None:
+        """Move the progress bar (host-side only: no device sync)."""
+        if self.progress is not None:
+            self.progress.update(self.task, completed=step)
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, step)
+        losses = "  ".join(f"{k.split('/')[-1]} {values[k]:.4g}" for k in ("Loss/D", "Loss/G") if k in values)
+        rate = values.get("Perf/steps_per_s", 0.0)
+        if self.progress is not None:
+            self.progress.update(self.task, completed=step, rate=f"{rate:.1f} it/s", losses=losses)
+        elif self.mode == "plain":
+            elapsed = time.monotonic() - self.t0
+            done = max(step - self.start_step, 1)
+            eta = elapsed / done * (self.total - step)
+            extras = "  ".join(f"{k} {v:.3g}" for k, v in values.items() if k.startswith("D/"))
+            log.info(f"step {step}/{self.total}  {losses}  {extras}  {rate:.1f} it/s  "
+                     f"{values.get('Perf/images_per_s', 0.0):.0f} img/s  ETA {_fmt_duration(eta)}")
+
+    def image(self, tag: str, image: torch.Tensor, step: int) -> None:
+        self.writer.add_image(tag, image, step, dataformats="CHW")
+
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        self.writer.add_text(tag, text, step)
+
+    def message(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress.console.print(text)
+        else:
+            log.info(text)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+        self.writer.flush()
+        self.writer.close()

@@ -1,0 +1,50 @@
+"""Pictures for TensorBoard: sample grids for images, scatter plots for 2D points (no matplotlib)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torchvision.utils import make_grid
+
+
+def image_grid(x: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
+    """N x C x H x W in [-1, 1] -> one C x H' x W' float grid in [0, 1] (square-ish by default)."""
+    x = x.detach().float().cpu().clamp(-1, 1).add(1).div(2)
+    return make_grid(x, nrow=nrow or max(1, int(math.ceil(math.sqrt(len(x))))), padding=2, pad_value=1.0)
+
+
+def scatter_image(points: torch.Tensor, modes: torch.Tensor, size: int = 320) -> torch.Tensor:
+    """3 x size x size uint8: samples (blue dots) over the true modes (red crosses), on white.
+
+    The view spans the modes plus a margin; samples outside it are drawn on the border in grey, so
+    divergent samples stay visible.
+    """
+    points, modes = points.detach().float().cpu(), modes.float().cpu()
+    extent = float(modes.abs().max()) * 1.35 + 0.5
+    img = torch.full((3, size, size), 255, dtype=torch.uint8)
+
+    def to_pixels(p):
+        u = ((p + extent) / (2 * extent) * (size - 1)).round().long()
+        outside = (u < 0).any(1) | (u >= size).any(1)
+        return u.clamp(0, size - 1), outside
+
+    # light axes through the origin
+    mid = size // 2
+    img[:, mid, :] = 225
+    img[:, :, mid] = 225
+    u, outside = to_pixels(points)
+    col, row = u[:, 0], size - 1 - u[:, 1]
+    for dr in (0, 1):
+        for dc in (0, 1):
+            r, c = (row + dr).clamp(0, size - 1), (col + dc).clamp(0, size - 1)
+            img[0, r, c] = torch.where(outside, 150, 30).to(torch.uint8)
+            img[1, r, c] = torch.where(outside, 150, 80).to(torch.uint8)
+            img[2, r, c] = torch.where(outside, 150, 220).to(torch.uint8)
+    m, _ = to_pixels(modes)
+    for k in range(-4, 5):
+        for sign in (1, -1):
+            r = (size - 1 - m[:, 1] + sign * k).clamp(0, size - 1)
+            c = (m[:, 0] + k).clamp(0, size - 1)
+            img[:, r, c] = torch.tensor([220, 20, 20], dtype=torch.uint8).view(3, 1)
+    return img

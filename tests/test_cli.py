@@ -1,0 +1,113 @@
+"""The real CLI in a subprocess: help, a real MNIST-layout run read back from its TensorBoard
+events, a multirun sweep, and one clear message (no traceback) for every bad input."""
+
+import pytest
+import torch
+
+from conftest import make_idx, read_events, run_cli
+
+
+def test_top_level_help_lists_the_commands(tmp_path):
+    out = run_cli("--help", cwd=tmp_path)
+    assert out.returncode == 0 and "train" in out.stdout
+    bad = run_cli("trian", cwd=tmp_path)
+    assert bad.returncode == 2 and "unknown command 'trian'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_train_help_lists_every_group(tmp_path):
+    out = run_cli("train", "--help", cwd=tmp_path)
+    assert out.returncode == 0
+    for line in ("dataset: cifar10, fashion_mnist, grid25, image_folder, mnist, ring8",
+                 "loss: hinge, least_squares, minimax, nonsaturating, wasserstein"):
+        assert line in out.stdout
+    assert "model:" in out.stdout and "wgan_gp" in out.stdout
+
+
+def test_shell_completion(tmp_path):
+    install = run_cli("train", "-sc", "install=bash", cwd=tmp_path)
+    assert install.returncode == 0 and "complete -o nospace -o default -F hydra_bash_completion ganlab" in install.stdout
+    query = run_cli("-sc", "query=bash", cwd=tmp_path, COMP_LINE="ganlab train model=wg")
+    assert query.returncode == 0 and "model=wgan_gp" in query.stdout.split()
+
+
+def test_wgan_gp_trains_on_mnist_from_a_data_dir(tmp_path):
+    """Must-show 3: `ganlab train model=wgan_gp dataset=mnist dataset.root=DIR device=cpu train.steps=200`."""
+    data = tmp_path / "data"
+    make_idx(data, "MNIST", n=256)
+    run = tmp_path / "run"
+    out = run_cli("train", "model=wgan_gp", "dataset=mnist", f"dataset.root={data}", "device=cpu",
+                  "train.steps=200", "train.batch_size=16", "model.width=16", "train.sample_every=100",
+                  "train.log_every=25", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "step 200/200" in out.stdout  # plain progress lines when not a terminal
+    acc = read_events(run / "tb")
+    assert [e.step for e in acc.Scalars("Loss/D")] == list(range(25, 201, 25))
+    assert len(acc.Scalars("Loss/G")) == 8 and len(acc.Scalars("Loss/penalty")) == 8
+    assert {"D/critic_real", "D/critic_fake", "Grad/D_norm", "Grad/G_norm", "Perf/images_per_s"} <= set(acc.Tags()["scalars"])
+    grids = acc.Images("Samples/fixed_z")
+    assert [g.step for g in grids] == [100, 200] and grids[0].width > 28 * 7
+    assert (run / ".hydra" / "config.yaml").is_file() and (run / "train.log").is_file()
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["step"] == 200 and state["config"]["dataset"]["root"] == str(data)
+
+
+def test_multirun_makes_one_run_dir_per_job(tmp_path):
+    """Must-show 5: `ganlab train -m model=gan,wgan_gp dataset=ring8 train.steps=50`."""
+    sweep = tmp_path / "sweep"
+    out = run_cli("train", "-m", "model=gan,wgan_gp", "dataset=ring8", "train.steps=50", "device=cpu",
+                  f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    runs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [p.name for p in runs] == ["0_dataset=ring8,model=gan,train.steps=50",
+                                      "1_dataset=ring8,model=wgan_gp,train.steps=50"]
+    for run in runs:
+        acc = read_events(run / "tb")
+        assert acc.Scalars("Loss/D")[-1].step == 50
+        assert "Samples/scatter" in acc.Tags()["images"]
+
+
+def test_default_run_dir_is_named_after_model_and_dataset(tmp_path):
+    out = run_cli("train", "model=gan", "dataset=grid25", "train.steps=5", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    (run,) = (tmp_path / "outputs").glob("*/*_gan-grid25")
+    assert (run / "checkpoints" / "last.pt").is_file() and list((run / "tb").iterdir())
+
+
+def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
+    out = run_cli("train", "-m", "model=dcgan,gan", "dataset=ring8", "train.steps=5",
+                  f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert out.returncode == 1
+    assert "needs images" in out.stderr and "1 job(s) of the sweep failed" in out.stderr
+    assert (tmp_path / "sweep" / "0_dataset=ring8,model=dcgan,train.steps=5" / "error.txt").is_file()
+    assert (tmp_path / "sweep" / "1_dataset=ring8,model=gan,train.steps=5" / "checkpoints" / "last.pt").is_file()
+
+
+BAD_INPUTS = [
+    # (overrides, exit code, a fragment of the one message)
+    (["model=stylegan9"], 1, "Could not find 'model/stylegan9'"),
+    (["train.stepz=5"], 1, "Key 'stepz' is not in struct"),
+    (["train.batch_size=0"], 2, "train.batch_size=0 is not valid"),
+    (["optimizer.lr=-1e-4"], 2, "optimizer.lr=-0.0001 is not valid"),
+    (["train.steps=many"], 2, "train.steps='many' is not valid"),
+    (["device=cuda"] if not torch.cuda.is_available() else ["device=tpu"], 2, "device="),
+    (["model=dcgan", "dataset=ring8"], 2, "cannot train on points data"),
+    (["dataset=mnist", "dataset.root={empty}"], 2, "mnist data not found"),
+    (["dataset=fashion_mnist", "dataset.root={empty}", "dataset.system_dirs=[]"], 2, "fashion_mnist data not found"),
+    (["dataset=cifar10", "dataset.root={empty}"], 2, "cifar10 data not found"),
+    (["dataset=image_folder"], 2, "dataset.root=DIR"),
+    (["dataset=image_folder", "dataset.root={empty}"], 2, "no images"),
+    (["dataset=mnist", "dataset.root={data}", "train.batch_size=100000"], 2, "larger than the dataset"),
+]
+
+
+@pytest.mark.parametrize("overrides,code,fragment", BAD_INPUTS)
+def test_bad_input_ends_in_one_clear_message(overrides, code, fragment, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    data = tmp_path / "data"
+    make_idx(data, n=20)
+    args = [o.format(empty=empty, data=data) for o in overrides]
+    out = run_cli("train", "train.steps=2", *args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert out.returncode == code, out.stdout + out.stderr
+    assert fragment in out.stderr
+    assert "Traceback" not in out.stderr + out.stdout

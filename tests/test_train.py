@@ -1,0 +1,132 @@
+"""The one training loop, in process on the real composed configs: every model on every dataset
+it supports, checkpoints, the wall-clock budget, divergence, and what reaches TensorBoard."""
+
+import math
+
+import pytest
+import torch
+
+from ganlab.errors import GanlabError
+from ganlab.models import build_models
+from ganlab.train import resolve_device, train
+from conftest import DATASETS, MODELS, compose, dataset_overrides, read_events
+
+IMAGE_SETS = {"mnist", "fashion_mnist", "cifar10", "image_folder"}
+CONV_ONLY = {"dcgan"}
+
+
+def tiny(*overrides):
+    return ["device=cpu", "train.steps=3", "train.batch_size=8", "train.log_every=1", "train.sample_every=2",
+            "train.ckpt_every=2", "train.n_samples=16", "train.num_workers=0", "train.progress=none",
+            "model.width=8", *overrides]
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_every_model_on_every_dataset(model, dataset, data_root, tmp_path):
+    cfg = compose(f"model={model}", f"dataset={dataset}", *tiny(*dataset_overrides(dataset, data_root)))
+    if model in CONV_ONLY and dataset not in IMAGE_SETS:
+        with pytest.raises(GanlabError, match="needs images"):
+            train(cfg, tmp_path)
+        assert not (tmp_path / "checkpoints").exists()
+        return
+    result = train(cfg, tmp_path)
+    assert result["step"] == 3 and math.isfinite(result["Loss/D"]) and math.isfinite(result["Loss/G"])
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert state["step"] == 3
+    tags = read_events(tmp_path / "tb").Tags()
+    assert {"Loss/D", "Loss/G", "Grad/D_norm", "Grad/G_norm", "Perf/images_per_s"} <= set(tags["scalars"])
+    assert ("Samples/scatter" if dataset in ("ring8", "grid25") else "Samples/fixed_z") in tags["images"]
+
+
+@pytest.mark.parametrize("resolution", [28, 32, 64])
+def test_dcgan_shapes_at_every_size(resolution):
+    cfg = compose("model=dcgan", "model.width=8")
+    source = type("S", (), {"kind": "image", "shape": (3, resolution, resolution)})()
+    g, d = build_models(cfg.model, source)
+    x = g(torch.randn(4, 100))
+    assert x.shape == (4, 3, resolution, resolution) and x.abs().max() <= 1
+    assert d(x).shape == (4,)
+    convs = [m for m in d.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(m.kernel_size == (4, 4) and m.stride == (2, 2) for m in convs[:-1])
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in d.modules())
+    # DCGAN init: N(0, 0.02)
+    assert abs(convs[1].weight.std().item() - 0.02) < 0.005
+
+
+def test_dcgan_refuses_other_sizes():
+    cfg = compose("model=dcgan")
+    source = type("S", (), {"kind": "image", "shape": (3, 48, 48)})()
+    with pytest.raises(GanlabError, match="28, 32 or 64"):
+        build_models(cfg.model, source)
+
+
+def test_wgan_gp_critic_has_no_batchnorm_on_any_data():
+    cfg = compose("model=wgan_gp")
+    for source in (type("S", (), {"kind": "image", "shape": (1, 28, 28)})(),
+                   type("S", (), {"kind": "points", "shape": (2,)})()):
+        _, d = build_models(cfg.model, source)
+        assert not any(isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)) for m in d.modules())
+
+
+def test_checkpoint_is_one_plain_dict(data_root, tmp_path):
+    cfg = compose("model=wgan_gp", "dataset=mnist", *tiny(*dataset_overrides("mnist", data_root)))
+    train(cfg, tmp_path)
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert {"generator", "discriminator", "opt_g", "opt_d", "step", "config", "rng", "data"} <= set(state)
+    assert state["config"]["model"]["name"] == "wgan_gp" and isinstance(state["config"], dict)
+    assert state["opt_d"]["param_groups"][0]["lr"] == 1e-4
+    assert not list((tmp_path / "checkpoints").glob("*.tmp"))  # atomic write left nothing behind
+    g, _ = build_models(cfg.model, type("S", (), {"kind": "image", "shape": (1, 28, 28)})())
+    g.load_state_dict(state["generator"])
+
+
+def test_a_run_dir_with_a_checkpoint_is_never_overwritten(tmp_path):
+    cfg = compose("dataset=ring8", *tiny())
+    train(cfg, tmp_path)
+    before = (tmp_path / "checkpoints" / "last.pt").read_bytes()
+    with pytest.raises(GanlabError, match="already holds a run"):
+        train(cfg, tmp_path)
+    assert (tmp_path / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_max_minutes_stops_cleanly_with_a_checkpoint(tmp_path):
+    cfg = compose("model=gan", "dataset=ring8", *tiny("train.steps=100000", "train.max_minutes=0.002",
+                                                       "train.log_every=1000", "train.ckpt_every=1000"))
+    result = train(cfg, tmp_path)
+    assert 1 <= result["step"] < 100000
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert state["step"] == result["step"]
+
+
+def test_divergence_stops_with_a_clear_message(tmp_path):
+    cfg = compose("model=gan", "dataset=ring8", "loss=least_squares", "optimizer.lr=1e6",
+                  *tiny("train.steps=200", "train.log_every=5", "train.ckpt_every=1000"))
+    with pytest.raises(GanlabError, match="diverged"):
+        train(cfg, tmp_path)
+
+
+def test_same_seed_same_result(tmp_path):
+    runs = []
+    for k in range(2):
+        cfg = compose("model=gan", "dataset=ring8", *tiny("seed=7"))
+        runs.append(train(cfg, tmp_path / str(k)))
+        runs[-1].pop("wall_s")
+    assert runs[0] == runs[1]
+
+
+def test_logged_scalars_are_means_over_the_log_window(tmp_path):
+    cfg = compose("model=gan", "dataset=ring8", *tiny("train.steps=6", "train.log_every=3"))
+    train(cfg, tmp_path)
+    acc = read_events(tmp_path / "tb")
+    assert [e.step for e in acc.Scalars("Loss/D")] == [3, 6]
+    d_x = [e.value for e in acc.Scalars("D/D(x)")]
+    assert all(0 < v < 1 for v in d_x)  # sigmoid losses log probabilities
+
+
+def test_devices():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    if not torch.cuda.is_available():
+        with pytest.raises(GanlabError, match="no CUDA device"):
+            resolve_device("cuda")
