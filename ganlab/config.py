@@ -62,14 +62,34 @@ def validate(cfg: DictConfig) -> None:
     m = cfg.model
     _positive(m.z_dim, "model.z_dim")
     _positive(m.width, "model.width")
-    if m.backbone not in ("mlp", "dcgan", "auto"):
-        raise GanlabError(f"model.backbone={m.backbone!r} is not valid: use mlp, dcgan or auto.")
+    if m.backbone not in ("mlp", "dcgan", "resnet", "auto"):
+        raise GanlabError(f"model.backbone={m.backbone!r} is not valid: use mlp, dcgan, resnet or auto.")
     for key, allowed in (("g_norm", ("batch", "none")), ("d_norm", ("batch", "layer", "none")),
-                         ("g_act", ("relu", "leaky_relu"))):
+                         ("g_act", ("relu", "leaky_relu")), ("cond_d", ("concat", "projection"))):
         if m[key] not in allowed:
             raise GanlabError(f"model.{key}={m[key]!r} is not valid: use one of {', '.join(allowed)}.")
     if m.init_std is not None:
         _positive(m.init_std, "model.init_std", integer=False)
+    _positive(m.minibatch_stddev, "model.minibatch_stddev", allow_zero=True)
+    _positive(m.embed_dim, "model.embed_dim")
+    for key in ("spectral_norm", "conditional"):
+        if not isinstance(m[key], bool):
+            raise GanlabError(f"model.{key}={m[key]!r} is not valid: use true or false.")
+    if t.clip_d is not None:
+        _positive(t.clip_d, "train.clip_d", integer=False)
+
+    tr = cfg.tricks
+    for key in ("label_smoothing", "flip_labels"):
+        if not isinstance(tr[key], (int, float)) or isinstance(tr[key], bool) or not 0 <= tr[key] < 1:
+            raise GanlabError(f"tricks.{key}={tr[key]!r} is not valid: use a number in [0, 1), e.g. 0.1.")
+    if not isinstance(tr.ema, (int, float)) or isinstance(tr.ema, bool) or not 0 <= tr.ema < 1:
+        raise GanlabError(f"tricks.ema={tr.ema!r} is not valid: use a decay in [0, 1) such as 0.999 (0 = off).")
+    _positive(tr.instance_noise, "tricks.instance_noise", integer=False, allow_zero=True)
+    if tr.instance_noise_anneal_steps is not None:
+        _positive(tr.instance_noise_anneal_steps, "tricks.instance_noise_anneal_steps")
+    if not isinstance(tr.noisy_labels, bool):
+        raise GanlabError(f"tricks.noisy_labels={tr.noisy_labels!r} is not valid: use true or false.")
+
     for key in ("g_hidden", "d_hidden"):
         for width in m[key]:
             _positive(width, f"model.{key} entries")

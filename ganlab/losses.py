@@ -70,14 +70,18 @@ class Loss:
     sigmoid: bool  # D's score is a logit: log sigmoid(score) means as D(x), D(G(z)) probabilities
     d_params: tuple[str, ...] = ()
     g_params: tuple[str, ...] = ()
+    # names of d's keyword arguments holding the real and the fake targets, for the label tricks
+    # (None: the loss has no targets, e.g. Wasserstein and hinge)
+    targets: tuple[str, str] | None = None
 
 
 LOSSES: dict[str, Loss] = {
-    "minimax": Loss("minimax", bce_d, minimax_g, sigmoid=True),
-    "nonsaturating": Loss("nonsaturating", bce_d, nonsaturating_g, sigmoid=True),
+    "minimax": Loss("minimax", bce_d, minimax_g, sigmoid=True, targets=("real_target", "fake_target")),
+    "nonsaturating": Loss("nonsaturating", bce_d, nonsaturating_g, sigmoid=True,
+                          targets=("real_target", "fake_target")),
     "wasserstein": Loss("wasserstein", wasserstein_d, wasserstein_g, sigmoid=False),
     "least_squares": Loss("least_squares", least_squares_d, least_squares_g, sigmoid=False,
-                          d_params=("a", "b"), g_params=("c",)),
+                          d_params=("a", "b"), g_params=("c",), targets=("b", "a")),
     "hinge": Loss("hinge", hinge_d, hinge_g, sigmoid=False),
 }
 

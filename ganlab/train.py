@@ -26,6 +26,7 @@ from ganlab.errors import GanlabError
 from ganlab.losses import get_loss, get_penalty
 from ganlab.models import build_models, resolve_backbone, sample_z
 from ganlab.monitor import Monitor
+from ganlab.tricks import EMA, add_instance_noise, clip_weights, d_targets, instance_noise_std, uses_label_tricks
 from ganlab.viz import image_grid, scatter_image
 
 log = logging.getLogger("ganlab")
@@ -91,7 +92,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     ckpt_path = run_dir / "checkpoints" / "last.pt"
     if ckpt_path.exists():
         raise GanlabError(f"{run_dir} already holds a run (checkpoints/last.pt); choose another hydra.run.dir so nothing is overwritten.")
-    t = cfg.train
+    t, tricks = cfg.train, cfg.tricks
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
 
@@ -99,25 +100,48 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     backbone = resolve_backbone(cfg.model, source.kind)  # unsupported pairs fail before data is read
     g, d = build_models(cfg.model, source)
     g, d = g.to(device), d.to(device)
-    batches = build_batches(source, t.batch_size, cfg.seed, device, t.num_workers)
-    opt_g, opt_d = make_optimizers(cfg.optimizer, g, d)
     loss, d_kw, g_kw = get_loss(cfg.loss)
+    label_tricks = uses_label_tricks(tricks)
+    if label_tricks and loss.targets is None:
+        raise GanlabError(f"the label tricks (label_smoothing, noisy_labels, flip_labels) need a loss with targets "
+                          f"(nonsaturating, minimax, least_squares), not loss={loss.name}.")
     penalty = get_penalty(cfg.penalty)
     if penalty is not None and cfg.model.d_norm == "batch":
         log.warning("a gradient penalty with BatchNorm in D: the per-sample penalty is ill-defined "
                     "with batch statistics (Gulrajani et al. 2017, sec. 4); consider model.d_norm=layer.")
+    batches = build_batches(source, t.batch_size, cfg.seed, device, t.num_workers)
+    opt_g, opt_d = make_optimizers(cfg.optimizer, g, d)
+    ema = EMA(g, float(tricks.ema)) if tricks.ema else None
+    d_params = list(d.parameters())
+    real_target, fake_target = (1.0, 0.0) if not loss.targets else (
+        d_kw.get(loss.targets[0], 1.0), d_kw.get(loss.targets[1], 0.0))
 
     z_dim, batch = int(cfg.model.z_dim), int(t.batch_size)
-    # one fixed latent grid for every snapshot, so grids are comparable over time (2D: >= 1000 points)
-    n_fixed = t.n_samples if source.kind == "image" else max(t.n_samples, 1000)
-    fixed_z = sample_z(n_fixed, z_dim, torch.Generator().manual_seed(cfg.seed + 1)).to(device)
+    n_classes = g.num_classes if g.conditional else None
+    # one fixed latent grid for every snapshot, so grids are comparable over time (2D: >= 1000
+    # points); conditional models get one row per class
+    fixed_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    if source.kind == "points":
+        n_fixed = max(t.n_samples, 1000)
+    elif n_classes:
+        per_class = max(1, t.n_samples // n_classes)
+        n_fixed = per_class * n_classes
+    else:
+        n_fixed = t.n_samples
+    fixed_z = sample_z(n_fixed, z_dim, fixed_gen).to(device)
+    fixed_y = None
+    if n_classes:
+        fixed_y = (torch.arange(n_fixed) * n_classes // n_fixed).to(device)  # sorted: row k is class k
     real_preview = None
 
+    def fake_labels(n: int):
+        return torch.randint(n_classes, (n,), device=device) if n_classes else None
+
     monitor = Monitor(run_dir, t.steps, t.progress)
-    log.info(f"{cfg.model.name} ({backbone}) on {source.name} {tuple(source.shape)} | loss {loss.name}"
-             f"{' + ' + cfg.penalty.name if penalty else ''} | n_critic {t.n_critic} | batch {batch} | "
-             f"device {device} | G {sum(p.numel() for p in g.parameters()):,} params, "
-             f"D {sum(p.numel() for p in d.parameters()):,} params | run dir {run_dir}")
+    log.info(f"{cfg.model.name} ({backbone}{', conditional' if n_classes else ''}) on {source.name} "
+             f"{tuple(source.shape)} | loss {loss.name}{' + ' + cfg.penalty.name if penalty else ''} | "
+             f"n_critic {t.n_critic} | batch {batch} | device {device} | G {sum(p.numel() for p in g.parameters()):,} "
+             f"params, D {sum(p.numel() for p in d.parameters()):,} params | run dir {run_dir}")
     monitor.text("config", "```\n" + OmegaConf.to_yaml(cfg) + "\n```")
 
     names = ["Loss/D", "Loss/G", "D/real", "D/fake", "Loss/penalty"]
@@ -137,6 +161,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             )
         save_checkpoint({
             "generator": g.state_dict(), "discriminator": d.state_dict(),
+            "generator_ema": ema.module.state_dict() if ema else None,
             "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "step": at_step,
             "config": OmegaConf.to_container(cfg, resolve=True),
             "rng": {"torch": torch.get_rng_state(),
@@ -146,44 +171,59 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 
     def samples_to_tb(at_step: int) -> None:
         nonlocal real_preview
-        g.eval()
+        sampler = ema.module if ema else g
+        was_training = sampler.training
+        sampler.eval()
         with torch.no_grad():
-            fake = g(fixed_z)
-        g.train()
+            fake = sampler(fixed_z, fixed_y)
+        sampler.train(was_training)
         if source.kind == "points":
             monitor.image("Samples/scatter", scatter_image(fake, source.modes), at_step)
         else:
-            monitor.image("Samples/fixed_z", image_grid(fake), at_step)
+            monitor.image("Samples/fixed_z", image_grid(fake, nrow=n_fixed // n_classes if n_classes else None), at_step)
             if real_preview is None:
                 real_preview = batches.next()[0][: t.n_samples]
                 monitor.image("Samples/real", image_grid(real_preview), at_step)
 
     try:
         for step in range(1, t.steps + 1):
+            noise_std = instance_noise_std(step, tricks, t.steps)
             # ---- discriminator / critic: n_critic updates on separate real and fake batches
             d.requires_grad_(True)
             for _ in range(t.n_critic):
-                real, _ = batches.next()
+                real, y_real = batches.next()
+                y_real = y_real if n_classes else None
+                y_fake = fake_labels(batch)
                 with torch.no_grad():
-                    fake = g(sample_z(batch, z_dim, device=device))
-                d_real, d_fake = d(real), d(fake)
-                loss_d = loss.d(d_real, d_fake, **d_kw)
+                    fake = g(sample_z(batch, z_dim, device=device), y_fake)
+                real_in, fake_in = add_instance_noise(real, noise_std), add_instance_noise(fake, noise_std)
+                d_real, d_fake = d(real_in, y_real), d(fake_in, y_fake)
+                if label_tricks:
+                    rt, ft = d_targets(batch, tricks, real_target, fake_target, device=device)
+                    loss_d = loss.d(d_real, d_fake, **{**d_kw, loss.targets[0]: rt, loss.targets[1]: ft})
+                else:
+                    loss_d = loss.d(d_real, d_fake, **d_kw)
                 pen = zero
                 if penalty is not None:
                     fn, weight, kw = penalty
-                    pen = fn(d, real, fake, **kw)
+                    pen = fn(lambda x: d(x, y_real), real_in, fake_in, **kw)
                     loss_d = loss_d + weight * pen
                 opt_d.zero_grad(set_to_none=True)
                 loss_d.backward()
                 opt_d.step()
+                if t.clip_d is not None:
+                    clip_weights(d_params, float(t.clip_d))
 
             # ---- generator: one update, D frozen (its grads from the last D step stay for logging)
             d.requires_grad_(False)
-            d_gen = d(g(sample_z(batch, z_dim, device=device)))
-            loss_g = loss.g(d_gen, **g_kw)
+            y_gen = fake_labels(batch)
+            gen = add_instance_noise(g(sample_z(batch, z_dim, device=device), y_gen), noise_std)
+            loss_g = loss.g(d(gen, y_gen), **g_kw)
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             opt_g.step()
+            if ema is not None:
+                ema.update()
 
             with torch.no_grad():
                 if loss.sigmoid:
@@ -208,9 +248,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                     values["D/critic_fake"] = values.pop("D/fake")
                 values["Grad/D_norm"] = float(grad_norm(d))
                 values["Grad/G_norm"] = float(grad_norm(g))
+                if noise_std > 0:
+                    values["Tricks/instance_noise_std"] = noise_std
                 now = time.monotonic()
-                steps_done = step - last_log_step
-                values["Perf/steps_per_s"] = steps_done / max(now - last_log_t, 1e-9)
+                values["Perf/steps_per_s"] = (step - last_log_step) / max(now - last_log_t, 1e-9)
                 values["Perf/images_per_s"] = values["Perf/steps_per_s"] * batch * (2 * t.n_critic + 1)
                 bad = [k for k in ("Loss/D", "Loss/G") if not math.isfinite(values[k])]
                 monitor.scalars(step, values)

@@ -84,7 +84,12 @@ def test_explicit_optimizer_wins_over_the_recipe():
     ("train.max_minutes=-1", "train.max_minutes"),
     ("device=tpu", "device='tpu'"),
     ("model.d_norm=group", "model.d_norm"),
-    ("model.backbone=resnet", "model.backbone"),
+    ("model.backbone=vgg", "model.backbone"),
+    ("model.cond_d=film", "model.cond_d"),
+    ("tricks.label_smoothing=1.5", "tricks.label_smoothing"),
+    ("tricks.ema=1", "tricks.ema"),
+    ("train.clip_d=-0.01", "train.clip_d"),
+    ("model.minibatch_stddev=-4", "model.minibatch_stddev"),
     ("seed=1.5", "seed=1.5"),
     ("train.progress=fancy", "train.progress"),
     ("penalty=gp", None),  # a valid one, for contrast

@@ -83,8 +83,7 @@ class PointBatches:
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
     def next(self):
-        x, _ = self.source.sample(self.batch_size, self.generator, self.device)
-        return x, None
+        return self.source.sample(self.batch_size, self.generator, self.device)
 
 
 def build_batches(source, batch_size: int, seed: int, device: torch.device, num_workers: int = 0):

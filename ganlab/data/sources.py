@@ -214,11 +214,10 @@ class ImageFolderSource(_ImageSource):
 
 class MixtureSource:
     """A mixture of isotropic 2D Gaussians: `ring` (n modes on a circle) or `grid` (n = k*k modes
-    on a k x k grid spanning [-radius, radius]^2)."""
+    on a k x k grid spanning [-radius, radius]^2). Each point's label is the index of its mode."""
 
     kind = "points"
     in_memory = False
-    num_classes = None
     shape = (2,)
 
     def __init__(self, name, layout, n_modes, radius, std):
@@ -237,6 +236,7 @@ class MixtureSource:
         if self.std <= 0:
             raise GanlabError(f"dataset.std={std} is not valid: it must be > 0.")
         self.modes = modes.float()
+        self.num_classes = len(self.modes)  # the mode a point came from is its label
 
     def sample(self, n: int, generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """n points and the index of the mode each came from, drawn on `device`."""

@@ -1,8 +1,8 @@
 """Model families' architectures. `build_models(cfg.model, source)` returns (G, D).
 
-Every G maps z (N x z_dim) to a sample shaped like the data; every D maps a sample to one
-unbounded score per sample (a logit for the GAN losses, a critic value for Wasserstein): the
-losses in ganlab.losses apply the sigmoid where they need it.
+Every G maps z (N x z_dim), and a label for conditional models, to a sample shaped like the data;
+every D maps a sample (and label) to one unbounded score per sample (a logit for the GAN losses,
+a critic value for Wasserstein): the losses in ganlab.losses apply the sigmoid where they need it.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 from ganlab.errors import GanlabError
-from ganlab.models import dcgan, mlp
+from ganlab.models import dcgan, mlp, resnet
+from ganlab.models.base import Discriminator, Generator, apply_spectral_norm
 
-BACKBONES = {"mlp": mlp, "dcgan": dcgan}
+BACKBONES = {"mlp": mlp, "dcgan": dcgan, "resnet": resnet}
 
 
 def resolve_backbone(model_cfg, kind: str) -> str:
@@ -23,8 +24,8 @@ def resolve_backbone(model_cfg, kind: str) -> str:
     if kind not in BACKBONES[backbone].SUPPORTS:
         raise GanlabError(
             f"model={model_cfg.name} (backbone {backbone}) cannot train on {kind} data: a convolutional "
-            "model needs images. Use model=gan or model=wgan_gp (MLP backbones) for the 2D sets, "
-            "or an image dataset (mnist, fashion_mnist, cifar10, image_folder)."
+            "model needs images. Use a family with an MLP backbone (gan, wgan, wgan_gp, lsgan, sngan, cgan) "
+            "for the 2D sets, or an image dataset (mnist, fashion_mnist, cifar10, image_folder)."
         )
     return backbone
 
@@ -43,15 +44,77 @@ def init_weights(module: nn.Module, std: float | None) -> None:
             nn.init.zeros_(m.bias)
 
 
-def build_models(model_cfg, source) -> tuple[nn.Module, nn.Module]:
+def build_models(model_cfg, source) -> tuple[Generator, Discriminator]:
     backbone = resolve_backbone(model_cfg, source.kind)
-    g, d = BACKBONES[backbone].build(model_cfg, tuple(source.shape), source.kind)
+    module = BACKBONES[backbone]
+    num_classes = None
+    if model_cfg.conditional:
+        num_classes = getattr(source, "num_classes", None)
+        if not num_classes:
+            raise GanlabError(
+                f"model.conditional=true needs a labelled dataset; {source.name} has no labels. "
+                "Use mnist, fashion_mnist, cifar10, ring8 or grid25, or model.conditional=false."
+            )
+    embed_dim = int(model_cfg.embed_dim) if num_classes else 0
+    d_extra = num_classes if num_classes and model_cfg.cond_d == "concat" else 0
+    g_net, features, feat_dim = module.build(model_cfg, tuple(source.shape), source.kind,
+                                             int(model_cfg.z_dim) + embed_dim, d_extra)
+    g = Generator(g_net, int(model_cfg.z_dim), num_classes, embed_dim)
+    d = Discriminator(features, feat_dim, num_classes, model_cfg.cond_d, module.JOIN)
     init_weights(g, model_cfg.init_std)
     init_weights(d, model_cfg.init_std)
-    g.z_dim = int(model_cfg.z_dim)
+    if model_cfg.spectral_norm:
+        apply_spectral_norm(d)
     return g, d
 
 
 def sample_z(n: int, z_dim: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
     """The latent prior: standard normal."""
     return torch.randn(n, z_dim, generator=generator, device=device)
+
+
+@torch.no_grad()
+def generate(g: Generator, n: int | None = None, labels=None, generator: torch.Generator | None = None,
+             device=None, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Samples from G in eval mode: n of them, or one per entry of `labels` for conditional models.
+
+    Returns (samples, labels). Unconditional models take no labels; conditional ones draw uniform
+    labels when none are given.
+    """
+    device = device or next(g.parameters()).device
+    if labels is not None:
+        if not g.conditional:
+            raise GanlabError("labels were given but this model is not conditional (model.conditional=false).")
+        labels = torch.as_tensor(labels, dtype=torch.long, device=device).view(-1)
+        if labels.numel() and (labels.min() < 0 or labels.max() >= g.num_classes):
+            raise GanlabError(f"labels must lie in 0..{g.num_classes - 1} for this model.")
+        n = labels.numel()
+    elif g.conditional:
+        labels = torch.randint(g.num_classes, (n,), generator=generator, device="cpu").to(device)
+    if n is None:
+        raise GanlabError("say how many samples to draw (n) or which labels.")
+    was_training = g.training
+    g.eval()
+    try:
+        out = []
+        for start in range(0, n, batch_size):
+            z = sample_z(min(batch_size, n - start), g.z_dim, generator=generator).to(device)
+            y = None if labels is None else labels[start:start + batch_size]
+            out.append(g(z, y))
+    finally:
+        g.train(was_training)
+    return torch.cat(out), labels
+
+
+def load_generator(state: dict, ema: bool = True, device="cpu") -> Generator:
+    """G rebuilt from a checkpoint dict (see ganlab.checkpoint.load_checkpoint): its config names
+    the dataset and the model; the EMA weights are used when the run kept them and `ema` is true."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(state["config"])
+    source = instantiate(cfg.dataset)  # sources read no data until asked to
+    g, _ = build_models(cfg.model, source)
+    weights = state.get("generator_ema") if ema and state.get("generator_ema") else state["generator"]
+    g.load_state_dict(weights)
+    return g.to(device).eval()

@@ -1,8 +1,9 @@
 """DCGAN-style convolutional G and D (Radford et al. 2016) for 28, 32 and 64 px images.
 
 G: z -> (transposed conv) base x base -> doubled per layer -> image, BatchNorm + ReLU inside,
-tanh out. D mirrors it with strided 4x4 convs and LeakyReLU(0.2), no norm on the first layer, and a
-final base x base conv to one score. base is 7 for 28 px, 4 for 32 and 64 px.
+tanh out. D mirrors it with strided 4x4 convs and LeakyReLU(0.2), no norm on the first layer; its
+features are the flattened base x base maps, and the final linear layer on them is the paper's
+last base x base convolution. base is 7 for 28 px, 4 for 32 and 64 px.
 """
 
 from __future__ import annotations
@@ -10,22 +11,24 @@ from __future__ import annotations
 from torch import nn
 
 from ganlab.errors import GanlabError
+from ganlab.models.base import MinibatchStdDev
 from ganlab.models.mlp import activation
 
 SUPPORTS = ("image",)
+JOIN = "channels"
 _BASES = {28: (7, 2), 32: (4, 3), 64: (4, 4)}  # resolution -> (base size, number of doublings)
 
 
-def _plan(resolution: int) -> tuple[int, int]:
+def plan(resolution: int, backbone: str = "dcgan") -> tuple[int, int]:
     if resolution not in _BASES:
         raise GanlabError(
-            f"the dcgan backbone is built for 28, 32 or 64 px images, not {resolution}; "
+            f"the {backbone} backbone is built for 28, 32 or 64 px images, not {resolution}; "
             "set dataset.resolution=28, 32 or 64."
         )
     return _BASES[resolution]
 
 
-def _norm2d(kind: str, channels: int) -> list[nn.Module]:
+def norm2d(kind: str, channels: int) -> list[nn.Module]:
     if kind == "batch":
         return [nn.BatchNorm2d(channels)]
     if kind == "layer":  # layer norm over (C, H, W): fine with a gradient penalty
@@ -34,16 +37,16 @@ def _norm2d(kind: str, channels: int) -> list[nn.Module]:
 
 
 class DCGANGenerator(nn.Module):
-    def __init__(self, z_dim, channels, resolution, width, norm, act, slope):
+    def __init__(self, in_dim, channels, resolution, width, norm, act, slope):
         super().__init__()
-        base, n_up = _plan(resolution)
+        base, n_up = plan(resolution)
         ch = width * 2 ** (n_up - 1)
         use_bn = norm == "batch"
-        layers = [nn.ConvTranspose2d(z_dim, ch, base, 1, 0, bias=not use_bn)]
-        layers += _norm2d(norm, ch) + [activation(act, slope)]
+        layers = [nn.ConvTranspose2d(in_dim, ch, base, 1, 0, bias=not use_bn)]
+        layers += norm2d(norm, ch) + [activation(act, slope)]
         for _ in range(n_up - 1):
             layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=not use_bn)]
-            layers += _norm2d(norm, ch // 2) + [activation(act, slope)]
+            layers += norm2d(norm, ch // 2) + [activation(act, slope)]
             ch //= 2
         layers += [nn.ConvTranspose2d(ch, channels, 4, 2, 1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
@@ -52,27 +55,26 @@ class DCGANGenerator(nn.Module):
         return self.net(z.view(z.shape[0], -1, 1, 1))
 
 
-class DCGANDiscriminator(nn.Module):
-    def __init__(self, channels, resolution, width, norm, slope):
-        super().__init__()
-        base, n_down = _plan(resolution)
-        ch = width
-        layers = [nn.Conv2d(channels, ch, 4, 2, 1), nn.LeakyReLU(slope)]
-        for _ in range(n_down - 1):
-            layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=norm != "batch")]
-            layers += _norm2d(norm, ch * 2) + [nn.LeakyReLU(slope)]
-            ch *= 2
-        layers += [nn.Conv2d(ch, 1, base, 1, 0)]
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x):
-        return self.net(x).view(-1)
+def dcgan_features(in_channels, resolution, width, norm, slope, mbstd_group=0) -> tuple[nn.Module, int]:
+    base, n_down = plan(resolution)
+    ch = width
+    layers = [nn.Conv2d(in_channels, ch, 4, 2, 1), nn.LeakyReLU(slope)]
+    for _ in range(n_down - 1):
+        layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=norm != "batch")]
+        layers += norm2d(norm, ch * 2) + [nn.LeakyReLU(slope)]
+        ch *= 2
+    if mbstd_group:
+        layers.append(MinibatchStdDev(mbstd_group))
+        ch += 1
+    layers.append(nn.Flatten())
+    return nn.Sequential(*layers), ch * base * base
 
 
-def build(cfg, shape: tuple[int, ...], kind: str):
+def build(cfg, shape: tuple[int, ...], kind: str, g_in: int, d_extra: int):
     channels, height, width = shape
     if height != width:
         raise GanlabError(f"the dcgan backbone needs square images, got {height}x{width}.")
-    g = DCGANGenerator(cfg.z_dim, channels, height, cfg.width, cfg.g_norm, cfg.g_act, cfg.leaky_slope)
-    d = DCGANDiscriminator(channels, height, cfg.width, cfg.d_norm, cfg.leaky_slope)
-    return g, d
+    g = DCGANGenerator(g_in, channels, height, cfg.width, cfg.g_norm, cfg.g_act, cfg.leaky_slope)
+    features, feat_dim = dcgan_features(channels + d_extra, height, cfg.width, cfg.d_norm, cfg.leaky_slope,
+                                        cfg.minibatch_stddev)
+    return g, features, feat_dim

@@ -6,7 +6,10 @@ import math
 
 from torch import nn
 
+from ganlab.models.base import MinibatchStdDev
+
 SUPPORTS = ("image", "points")
+JOIN = "flat"
 
 
 def activation(name: str, slope: float) -> nn.Module:
@@ -14,9 +17,9 @@ def activation(name: str, slope: float) -> nn.Module:
 
 
 class MLPGenerator(nn.Module):
-    def __init__(self, z_dim, hidden, out_shape, norm, act, slope, tanh):
+    def __init__(self, in_dim, hidden, out_shape, norm, act, slope, tanh):
         super().__init__()
-        layers, width = [], z_dim
+        layers, width = [], in_dim
         for h in hidden:
             layers.append(nn.Linear(width, h, bias=norm != "batch"))
             if norm == "batch":
@@ -33,27 +36,24 @@ class MLPGenerator(nn.Module):
         return self.net(z).view(-1, *self.out_shape)
 
 
-class MLPDiscriminator(nn.Module):
-    def __init__(self, in_shape, hidden, norm, slope):
-        super().__init__()
-        layers, width = [nn.Flatten()], math.prod(in_shape)
-        for h in hidden:
-            layers.append(nn.Linear(width, h))
-            if norm == "batch":
-                layers.append(nn.BatchNorm1d(h))
-            elif norm == "layer":
-                layers.append(nn.LayerNorm(h))
-            layers.append(nn.LeakyReLU(slope))
-            width = h
-        layers.append(nn.Linear(width, 1))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x):
-        return self.net(x).view(-1)
+def mlp_features(in_dim, hidden, norm, slope, mbstd_group=0) -> tuple[nn.Module, int]:
+    layers, width = [nn.Flatten()], in_dim
+    for h in hidden:
+        layers.append(nn.Linear(width, h))
+        if norm == "batch":
+            layers.append(nn.BatchNorm1d(h))
+        elif norm == "layer":
+            layers.append(nn.LayerNorm(h))
+        layers.append(nn.LeakyReLU(slope))
+        width = h
+    if mbstd_group:
+        layers.append(MinibatchStdDev(mbstd_group))
+        width += 1
+    return nn.Sequential(*layers), width
 
 
-def build(cfg, shape: tuple[int, ...], kind: str):
-    g = MLPGenerator(cfg.z_dim, list(cfg.g_hidden), shape, cfg.g_norm, cfg.g_act, cfg.leaky_slope,
-                     tanh=kind == "image")
-    d = MLPDiscriminator(shape, list(cfg.d_hidden), cfg.d_norm, cfg.leaky_slope)
-    return g, d
+def build(cfg, shape: tuple[int, ...], kind: str, g_in: int, d_extra: int):
+    g = MLPGenerator(g_in, list(cfg.g_hidden), shape, cfg.g_norm, cfg.g_act, cfg.leaky_slope, tanh=kind == "image")
+    features, feat_dim = mlp_features(math.prod(shape) + d_extra, list(cfg.d_hidden), cfg.d_norm,
+                                      cfg.leaky_slope, cfg.minibatch_stddev)
+    return g, features, feat_dim

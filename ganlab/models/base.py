@@ -1,0 +1,86 @@
+"""What every architecture shares: G and D wrappers with optional class conditioning, the
+minibatch standard deviation layer, and spectral normalisation of D.
+
+A backbone (mlp, dcgan, resnet) builds three pieces: G's network from an input vector,
+D's feature extractor phi(x) -> N x F, and F. The wrappers add the label handling:
+- G: a label embedding joined to z (Mirza & Osindero 2014).
+- D `concat`: one-hot label maps as extra input channels (conv) or one-hot features joined to the
+  flattened input (MLP); D `projection`: D(x, y) = psi(phi(x)) + <embed(y), phi(x)> (Miyato & Koyama 2018).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Generator(nn.Module):
+    def __init__(self, net: nn.Module, z_dim: int, num_classes: int | None = None, embed_dim: int = 0):
+        super().__init__()
+        self.net, self.z_dim, self.num_classes = net, z_dim, num_classes
+        self.embed = nn.Embedding(num_classes, embed_dim) if num_classes else None
+
+    @property
+    def conditional(self) -> bool:
+        return self.embed is not None
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if self.embed is not None:
+            if y is None:
+                raise ValueError("a conditional generator needs labels y")
+            z = torch.cat([z, self.embed(y)], dim=1)
+        return self.net(z)
+
+
+class Discriminator(nn.Module):
+    def __init__(self, features: nn.Module, feat_dim: int, num_classes: int | None = None,
+                 cond: str = "concat", join: str = "flat"):
+        super().__init__()
+        self.features, self.head = features, nn.Linear(feat_dim, 1)
+        self.num_classes, self.cond, self.join = num_classes, cond, join
+        self.embed = nn.Embedding(num_classes, feat_dim) if num_classes and cond == "projection" else None
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if self.num_classes and self.cond == "concat":
+            onehot = F.one_hot(y, self.num_classes).to(x.dtype)
+            if self.join == "channels":
+                x = torch.cat([x, onehot[:, :, None, None].expand(-1, -1, *x.shape[2:])], dim=1)
+            else:
+                x = torch.cat([x.flatten(1), onehot], dim=1)
+        h = self.features(x)
+        out = self.head(h).view(-1)
+        if self.embed is not None:
+            out = out + (self.embed(y) * h).sum(dim=1)
+        return out
+
+
+class MinibatchStdDev(nn.Module):
+    """Appends the mean standard deviation of each feature over groups of samples as one extra
+    channel/feature (Karras et al. 2018, sec. 3), so D can see a lack of variety in a batch."""
+
+    def __init__(self, group_size: int = 4):
+        super().__init__()
+        self.group_size = group_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        g = next(k for k in range(min(self.group_size, n), 0, -1) if n % k == 0)
+        y = x.view(g, n // g, *x.shape[1:])  # group members are g apart, as in ProGAN
+        std = (y.var(dim=0, unbiased=False) + 1e-8).sqrt()  # (n/g, ...)
+        std = std.flatten(1).mean(dim=1)  # one number per group
+        std = std.repeat(g)  # back to n: sample i belongs to group i % (n/g)
+        extra = std.view(n, 1, *([1] * (x.dim() - 2))).expand(n, 1, *x.shape[2:])
+        return torch.cat([x, extra], dim=1)
+
+
+def apply_spectral_norm(module: nn.Module) -> nn.Module:
+    """Spectral normalisation (Miyato et al. 2018) on every conv, linear and embedding layer."""
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    for name, child in list(module.named_children()):
+        if isinstance(child, (nn.Conv2d, nn.Linear, nn.Embedding)):
+            setattr(module, name, spectral_norm(child))
+        else:
+            apply_spectral_norm(child)
+    return module

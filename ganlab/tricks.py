@@ -1,0 +1,79 @@
+"""The classic GAN training tricks, each a small pure piece the training loop calls.
+
+All are off by default (conf/train.yaml, `tricks:`); each names its source there and in the README.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from ganlab.errors import GanlabError
+
+
+def uses_label_tricks(tricks) -> bool:
+    return tricks.label_smoothing > 0 or bool(tricks.noisy_labels) or tricks.flip_labels > 0
+
+
+def d_targets(n: int, tricks, real: float = 1.0, fake: float = 0.0, generator: torch.Generator | None = None,
+              device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample targets for D's real and fake batches after the label tricks.
+
+    - one-sided smoothing: real target real - s (1 -> 0.9 for s = 0.1); fakes untouched;
+    - noisy labels: real ~ U(0.7, 1.2), fake ~ U(0, 0.3) (for the 0/1 coding; shifted for others);
+    - flipped labels: each sample's real and fake targets swapped with probability p.
+    """
+    real_t = torch.full((n,), float(real), device=device)
+    fake_t = torch.full((n,), float(fake), device=device)
+    if tricks.label_smoothing > 0:
+        real_t = real_t - float(tricks.label_smoothing) * (real - fake)
+    if tricks.noisy_labels:
+        span = real - fake
+        real_t = real + span * (torch.rand(n, generator=generator, device=device) * 0.5 - 0.3)
+        fake_t = fake + span * torch.rand(n, generator=generator, device=device) * 0.3
+    if tricks.flip_labels > 0:
+        flip = torch.rand(n, generator=generator, device=device) < float(tricks.flip_labels)
+        real_t, fake_t = torch.where(flip, fake_t, real_t), torch.where(flip, real_t, fake_t)
+    return real_t, fake_t
+
+
+def instance_noise_std(step: int, tricks, total_steps: int) -> float:
+    """std of the instance noise at `step` (1-based): linear decay from tricks.instance_noise to 0."""
+    sigma0 = float(tricks.instance_noise)
+    if sigma0 <= 0:
+        return 0.0
+    horizon = tricks.instance_noise_anneal_steps or total_steps
+    return sigma0 * max(0.0, 1.0 - (step - 1) / float(horizon))
+
+
+def add_instance_noise(x: torch.Tensor, std: float) -> torch.Tensor:
+    return x if std <= 0 else x + std * torch.randn_like(x)
+
+
+class EMA:
+    """An exponential moving average of a model's weights (buffers, e.g. BatchNorm stats, copied)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        if not 0 < decay < 1:
+            raise GanlabError(f"tricks.ema={decay} is not valid: use a decay in (0, 1) such as 0.999, or 0 for off.")
+        self.decay = decay
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self._src = [p for p in model.parameters()]
+        self._dst = [p for p in self.module.parameters()]
+        self._src_buf = list(model.buffers())
+        self._dst_buf = list(self.module.buffers())
+
+    @torch.no_grad()
+    def update(self) -> None:
+        torch._foreach_lerp_(self._dst, self._src, 1.0 - self.decay)
+        for d, s in zip(self._dst_buf, self._src_buf):
+            d.copy_(s)
+
+
+@torch.no_grad()
+def clip_weights(params: list[torch.Tensor], c: float) -> None:
+    """Clamp every weight to [-c, c] in place (WGAN's Lipschitz constraint)."""
+    torch._foreach_clamp_min_(params, -c)
+    torch._foreach_clamp_max_(params, c)

@@ -1,0 +1,175 @@
+"""Each training trick changes what it claims to change."""
+
+import dataclasses
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import ganlab.train as train_mod
+from ganlab.errors import GanlabError
+from ganlab.losses import LOSSES
+from ganlab.models import build_models
+from ganlab.models.base import MinibatchStdDev
+from ganlab.train import make_optimizers, train
+from ganlab.tricks import EMA, d_targets, instance_noise_std
+from conftest import compose, dataset_overrides, read_events
+
+
+def tricks(**kw):
+    base = {"label_smoothing": 0.0, "noisy_labels": False, "flip_labels": 0.0, "instance_noise": 0.0,
+            "instance_noise_anneal_steps": None, "ema": 0.0}
+    return OmegaConf.create({**base, **kw})
+
+
+def test_no_tricks_means_plain_targets():
+    r, f = d_targets(1000, tricks())
+    assert (r == 1).all() and (f == 0).all()
+
+
+def test_one_sided_label_smoothing():
+    r, f = d_targets(1000, tricks(label_smoothing=0.1))
+    assert torch.allclose(r, torch.full_like(r, 0.9)) and (f == 0).all()  # one-sided: fakes untouched
+
+
+def test_noisy_labels_ranges():
+    r, f = d_targets(5000, tricks(noisy_labels=True), generator=torch.Generator().manual_seed(0))
+    assert 0.7 <= r.min() and r.max() <= 1.2 and r.std() > 0.1
+    assert 0.0 <= f.min() and f.max() <= 0.3 and f.std() > 0.05
+
+
+def test_flipped_labels_swap_with_probability_p():
+    r, f = d_targets(10000, tricks(flip_labels=0.3), generator=torch.Generator().manual_seed(0))
+    flipped = r == 0
+    assert flipped.float().mean().item() == pytest.approx(0.3, abs=0.02)
+    assert (f[flipped] == 1).all() and (f[~flipped] == 0).all()
+
+
+def test_least_squares_targets_use_its_coding():
+    r, f = d_targets(10, tricks(label_smoothing=0.1), real=1.0, fake=-1.0)
+    assert torch.allclose(r, torch.full_like(r, 0.8)) and (f == -1).all()
+
+
+def _spy_loss(monkeypatch, name="nonsaturating"):
+    seen = []
+    real = LOSSES[name]
+
+    def d(d_real, d_fake, **kw):
+        seen.append({k: (v.detach().clone() if torch.is_tensor(v) else v) for k, v in kw.items()})
+        return real.d(d_real, d_fake, **kw)
+
+    spy = dataclasses.replace(real, d=d)
+    orig = train_mod.get_loss
+    monkeypatch.setattr(train_mod, "get_loss", lambda cfg: (spy, *orig(cfg)[1:]))
+    return seen
+
+
+def _run(tmp_path, *overrides):
+    cfg = compose("model=gan", "dataset=ring8", "device=cpu", "train.steps=3", "train.batch_size=32",
+                  "train.progress=none", "train.log_every=1", "train.sample_every=1", "train.ckpt_every=100",
+                  *overrides)
+    return train(cfg, tmp_path)
+
+
+def test_the_d_loss_sees_the_smoothed_targets(monkeypatch, tmp_path):
+    seen = _spy_loss(monkeypatch)
+    _run(tmp_path, "tricks.label_smoothing=0.1")
+    assert seen and all(torch.allclose(s["real_target"], torch.tensor(0.9)) for s in seen)
+    assert all((s["fake_target"] == 0).all() for s in seen)
+
+
+def test_the_d_loss_sees_flipped_and_noisy_targets(monkeypatch, tmp_path):
+    seen = _spy_loss(monkeypatch)
+    _run(tmp_path, "tricks.noisy_labels=true", "tricks.flip_labels=0.5")
+    targets = torch.cat([s["real_target"] for s in seen])
+    assert (targets < 0.3).any() and (targets > 0.7).any() and targets.unique().numel() > 50
+
+
+def test_without_tricks_the_d_loss_sees_default_targets(monkeypatch, tmp_path):
+    seen = _spy_loss(monkeypatch)
+    _run(tmp_path)
+    assert seen and all(s == {} for s in seen)
+
+
+def test_label_tricks_are_refused_for_losses_without_targets(tmp_path):
+    with pytest.raises(GanlabError, match="need a loss with targets"):
+        _run(tmp_path, "loss=wasserstein", "tricks.label_smoothing=0.1")
+
+
+def test_instance_noise_schedule_anneals_to_zero():
+    t = tricks(instance_noise=0.5)
+    assert instance_noise_std(1, t, 100) == 0.5
+    assert instance_noise_std(51, t, 100) == pytest.approx(0.25)
+    assert instance_noise_std(101, t, 100) == 0.0
+    assert instance_noise_std(11, tricks(instance_noise=0.5, instance_noise_anneal_steps=10), 100) == 0.0
+    assert instance_noise_std(1, tricks(), 100) == 0.0
+
+
+def test_instance_noise_reaches_d_inputs(monkeypatch, tmp_path):
+    stds = []
+    orig = train_mod.build_models
+
+    def spy_build(model_cfg, source):
+        g, d = orig(model_cfg, source)
+        d.features.register_forward_pre_hook(lambda m, args: stds.append(args[0].detach().std().item()))
+        return g, d
+
+    monkeypatch.setattr(train_mod, "build_models", spy_build)
+    _run(tmp_path, "tricks.instance_noise=20.0", "train.steps=1")
+    assert min(stds) > 10  # ring8 points have std ~1.4; with the noise, ~20
+    stds.clear()
+    _run(tmp_path / "b", "train.steps=1")
+    assert max(stds) < 5
+    assert "Tricks/instance_noise_std" in read_events(tmp_path / "tb").Tags()["scalars"]
+
+
+def test_minibatch_stddev_appends_the_group_std():
+    layer = MinibatchStdDev(group_size=4)
+    same = torch.ones(8, 3, 2, 2)
+    out = layer(same)
+    assert out.shape == (8, 4, 2, 2) and out[:, 3].abs().max() < 1e-3
+    x = torch.randn(8, 3, 2, 2)
+    out = layer(x)
+    groups = x.view(4, 2, 3, 2, 2)  # members of group j are samples j, j+2, j+4, j+6
+    expected = groups.var(0, unbiased=False).add(1e-8).sqrt().flatten(1).mean(1)
+    assert torch.allclose(out[:, 3, 0, 0], expected.repeat(4))
+    flat = MinibatchStdDev(4)(torch.randn(6, 5))  # 6 is not a multiple of 4: groups of 3
+    assert flat.shape == (6, 6)
+
+
+def test_minibatch_stddev_in_d_sees_variety(data_root):
+    cfg = compose("model=dcgan", "model.minibatch_stddev=4", "model.width=8")
+    source = type("S", (), {"kind": "image", "shape": (1, 28, 28), "name": "mnist"})()
+    _, d = build_models(cfg.model, source)
+    assert any(isinstance(m, MinibatchStdDev) for m in d.modules())
+    d.eval()
+    x = torch.randn(1, 1, 28, 28)
+    collapsed = d(x.repeat(8, 1, 1, 1))
+    varied = d(torch.cat([x, torch.randn(7, 1, 28, 28)]))
+    assert collapsed[0].item() != pytest.approx(varied[0].item(), abs=1e-6)  # same image, other batch
+
+
+def test_ema_tracks_the_generator():
+    net = torch.nn.Linear(3, 3)
+    ema = EMA(net, 0.9)
+    before = ema.module.weight.detach().clone()
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    ema.update()
+    assert torch.allclose(ema.module.weight, 0.9 * before + 0.1 * net.weight)
+
+
+def test_ema_weights_are_kept_and_differ(tmp_path):
+    _run(tmp_path, "tricks.ema=0.9")
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    key = next(k for k in state["generator"] if k.endswith("weight"))
+    assert state["generator_ema"] is not None
+    assert not torch.equal(state["generator_ema"][key], state["generator"][key])
+
+
+def test_two_time_scale_learning_rates():
+    cfg = compose("model=gan", "optimizer.lr_g=1e-4", "optimizer.lr_d=4e-4")
+    g, d = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    opt_g, opt_d = make_optimizers(cfg.optimizer, g, d)
+    assert opt_g.param_groups[0]["lr"] == 1e-4 and opt_d.param_groups[0]["lr"] == 4e-4
+    assert opt_g.param_groups[0]["betas"] == (0.5, 0.999)
