@@ -40,6 +40,30 @@ def save_checkpoint(state: dict, path: Path) -> None:
         pass
 
 
+def write_checkpoints(state: dict, ckpt_dir: Path, step: int, keep: int) -> Path:
+    """checkpoints/last.pt plus, when keep > 0, step_XXXXXXXX.pt with only the newest `keep` of
+    those kept. last.pt is a hard link to the numbered file (one write), swapped in atomically."""
+    ckpt_dir = Path(ckpt_dir)
+    last = ckpt_dir / "last.pt"
+    if keep <= 0:
+        save_checkpoint(state, last)
+        return last
+    numbered = ckpt_dir / f"step_{step:08d}.pt"
+    save_checkpoint(state, numbered)
+    tmp = ckpt_dir / ".last.pt.link"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(numbered, tmp)
+    except OSError:  # file systems without hard links
+        import shutil
+
+        shutil.copyfile(numbered, tmp)
+    os.replace(tmp, last)
+    for old in sorted(ckpt_dir.glob("step_*.pt"))[:-keep]:
+        old.unlink(missing_ok=True)
+    return last
+
+
 REQUIRED_KEYS = ("generator", "discriminator", "step", "config")
 
 

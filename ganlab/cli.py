@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 from ganlab import __version__
@@ -61,11 +62,63 @@ def _train_task(cfg):
         return {"status": "failed", "error": str(exc)}
 
 
+def _prepare_run_dir(args: list[str]) -> list[str]:
+    """Protect what a run dir already holds, before Hydra writes anything into it.
+
+    - `resume=PATH` continues that run in its own dir (it becomes hydra.run.dir);
+    - a resume writes Hydra's files to .hydra/resume-<time>/, keeping the run's original .hydra/;
+    - a new run into a dir that already holds a checkpoint is refused.
+    """
+    value = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), None)
+    resuming = value not in (None, "", "false", "False", "null")
+    run_dir_arg = next((a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")), None)
+    if resuming and value not in ("true", "True") and run_dir_arg is None:
+        path = Path(value).expanduser()
+        if not path.exists():
+            raise GanlabError(f"resume={value}: no such run dir or checkpoint; give a run dir or its checkpoints/last.pt.")
+        run_dir = path if path.is_dir() else (path.parent.parent if path.parent.name == "checkpoints" else path.parent)
+        args = [*args, f"hydra.run.dir={run_dir.resolve()}"]
+    if resuming:
+        args = [*args, "hydra.output_subdir=.hydra/resume-${now:%Y-%m-%d_%H-%M-%S}"]
+    elif run_dir_arg and "-m" not in args and "--multirun" not in args and \
+            (Path(run_dir_arg).expanduser() / "checkpoints" / "last.pt").exists():
+        raise GanlabError(f"{run_dir_arg} already holds a run (checkpoints/last.pt); add resume=true to continue it, "
+                          "or choose another hydra.run.dir so nothing is overwritten.")
+    return args
+
+
+def _check_output_dir(args: list[str]) -> None:
+    """Fail before any work when the run (or sweep) dir cannot be written."""
+    multirun = "-m" in args or "--multirun" in args
+    key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
+    value = next((a[len(key):] for a in args if a.startswith(key)), "outputs")
+    if "${" in value:
+        return
+    target = Path(value).expanduser().absolute()
+    ancestor = target
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    problem = None
+    if not ancestor.is_dir():
+        problem = f"{ancestor} is not a directory"
+    else:
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".ganlab-probe-", dir=ancestor))
+        except OSError as exc:
+            problem = f"{ancestor} is not writable ({exc.strerror or exc})"
+    if problem:
+        raise GanlabError(f"cannot write the run dir {target}: {problem}; choose another {key.rstrip('=')}=DIR.")
+
+
 def train_cli(args: list[str]) -> int:
     import hydra
 
     from ganlab.config import config_dir
 
+    if not any(a in ("--help", "-h", "--hydra-help", "--info", "-c", "--cfg", "-sc", "--shell-completion") or a.startswith("--info")
+               for a in args):
+        args = _prepare_run_dir(args)
+        _check_output_dir(args)
     main = hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")(_train_task)
     sys.argv = ["ganlab", *args]
     main()

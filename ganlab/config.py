@@ -43,6 +43,9 @@ def validate(cfg: DictConfig) -> None:
     _positive(t.num_workers, "train.num_workers", allow_zero=True)
     if t.max_minutes is not None:
         _positive(t.max_minutes, "train.max_minutes", integer=False)
+    _positive(t.keep_ckpts, "train.keep_ckpts", allow_zero=True)
+    if t.on_nan not in ("stop", "skip"):
+        raise GanlabError(f"train.on_nan={t.on_nan!r} is not valid: use stop or skip.")
     if t.progress not in ("auto", "rich", "plain", "none"):
         raise GanlabError(f"train.progress={t.progress!r} is not valid: use auto, rich, plain or none.")
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):

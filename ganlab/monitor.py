@@ -26,7 +26,9 @@ def _fmt_duration(seconds: float) -> str:
 
 class Monitor:
     def __init__(self, run_dir: Path, total_steps: int, mode: str = "auto", start_step: int = 0):
-        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tb"))
+        # purge_step: TensorBoard drops events at or after it from earlier files (a resumed run
+        # re-logs the steps after its checkpoint, so they never show twice)
+        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tb"), purge_step=start_step + 1 if start_step else None)
         self.total = total_steps
         self.start_step = start_step
         self.t0 = time.monotonic()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import math
 import random
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from ganlab.checkpoint import save_checkpoint
+from ganlab.checkpoint import load_checkpoint, write_checkpoints
 from ganlab.config import validate
 from ganlab.data import build_batches
 from ganlab.errors import GanlabError
@@ -51,6 +53,94 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def rng_state(device: torch.device) -> dict:
+    """Every RNG the loop draws from, in plain containers (loads with weights_only=True)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state.get("cuda"):
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+# What must match for a checkpoint to be continued: the model and the data (where the data live may move).
+_DATASET_LOCATION_KEYS = ("root", "download", "system_dirs")
+
+
+def _differences(old: dict, new: dict, prefix: str) -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if prefix == "dataset" and key in _DATASET_LOCATION_KEYS:
+            continue
+        a, b = old.get(key, "<missing>"), new.get(key, "<missing>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}.{key}")
+        elif a != b:
+            out.append(f"{prefix}.{key}: {a!r} in the checkpoint, {b!r} now")
+    return out
+
+
+def check_resumable(saved: dict, cfg: DictConfig, path: Path) -> None:
+    now = OmegaConf.to_container(cfg, resolve=True)
+    diffs = _differences(saved.get("model", {}), now["model"], "model")
+    diffs += _differences(saved.get("dataset", {}), now["dataset"], "dataset")
+    if diffs:
+        raise GanlabError(
+            f"cannot resume {path}: it was trained with another model or dataset ("
+            + "; ".join(diffs[:6]) + (" ..." if len(diffs) > 6 else "")
+            + "). Resume with the run's own model= and dataset=, or start a new run."
+        )
+
+
+def _resume_path(resume, run_dir: Path) -> Path:
+    if resume is True:
+        path = run_dir / "checkpoints" / "last.pt"
+        if not path.is_file():
+            raise GanlabError(
+                f"resume=true but {run_dir} holds no checkpoints/last.pt; pass hydra.run.dir=RUN_DIR of the run "
+                "to continue, or resume=PATH to a run dir or checkpoint."
+            )
+        return path
+    path = Path(str(resume)).expanduser()
+    return path / "checkpoints" / "last.pt" if path.is_dir() else path
+
+
+class _StopSignals:
+    """SIGTERM/SIGINT ask the loop to stop after the current step (checkpoint, clean exit 0);
+    a second SIGINT interrupts at once."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._old: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
 
 
 def make_optimizers(opt_cfg: DictConfig, g: torch.nn.Module, d: torch.nn.Module):
@@ -89,9 +179,18 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     """Train G and D as `cfg` says; TensorBoard logs and checkpoints go to run_dir. Returns final scalars."""
     validate(cfg)
     run_dir = Path(run_dir)
-    ckpt_path = run_dir / "checkpoints" / "last.pt"
-    if ckpt_path.exists():
-        raise GanlabError(f"{run_dir} already holds a run (checkpoints/last.pt); choose another hydra.run.dir so nothing is overwritten.")
+    ckpt_dir = run_dir / "checkpoints"
+    state = None
+    resume = cfg.get("resume", False)
+    if resume not in (False, None, "false", ""):
+        path = _resume_path(True if resume in (True, "true") else resume, run_dir)
+        state = load_checkpoint(path)
+        check_resumable(state["config"], cfg, path)
+    elif (ckpt_dir / "last.pt").exists():
+        raise GanlabError(
+            f"{run_dir} already holds a run (checkpoints/last.pt); add resume=true to continue it, "
+            "or choose another hydra.run.dir so nothing is overwritten."
+        )
     t, tricks = cfg.train, cfg.tricks
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
@@ -113,64 +212,97 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     opt_g, opt_d = make_optimizers(cfg.optimizer, g, d)
     ema = EMA(g, float(tricks.ema)) if tricks.ema else None
     d_params = list(d.parameters())
+    all_params = list(g.parameters()) + d_params
     real_target, fake_target = (1.0, 0.0) if not loss.targets else (
         d_kw.get(loss.targets[0], 1.0), d_kw.get(loss.targets[1], 0.0))
+
+    start_step = 0
+    if state is not None:
+        try:
+            g.load_state_dict(state["generator"])
+            d.load_state_dict(state["discriminator"])
+            for opt, key in ((opt_g, "opt_g"), (opt_d, "opt_d")):
+                lrs = [group["lr"] for group in opt.param_groups]  # the config's lr wins over the saved one
+                opt.load_state_dict(state[key])
+                for group, lr in zip(opt.param_groups, lrs):
+                    group["lr"] = lr
+            if ema is not None:
+                ema.module.load_state_dict(state.get("generator_ema") or state["generator"])
+            batches.load_state_dict(state["data"])
+            set_rng_state(state["rng"], device)
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise GanlabError(f"the checkpoint in {ckpt_dir} does not fit this run ({str(exc).splitlines()[0][:200]}); "
+                              "resume with the run's own settings or start a new run.") from None
+        start_step = int(state["step"])
+        if start_step >= t.steps:
+            raise GanlabError(f"the run in {run_dir} is already at step {start_step} (train.steps={t.steps}); "
+                              f"pass a larger train.steps to continue it.")
+        del state
 
     z_dim, batch = int(cfg.model.z_dim), int(t.batch_size)
     n_classes = g.num_classes if g.conditional else None
     # one fixed latent grid for every snapshot, so grids are comparable over time (2D: >= 1000
     # points); conditional models get one row per class
-    fixed_gen = torch.Generator().manual_seed(cfg.seed + 1)
     if source.kind == "points":
         n_fixed = max(t.n_samples, 1000)
     elif n_classes:
-        per_class = max(1, t.n_samples // n_classes)
-        n_fixed = per_class * n_classes
+        n_fixed = max(1, t.n_samples // n_classes) * n_classes
     else:
         n_fixed = t.n_samples
-    fixed_z = sample_z(n_fixed, z_dim, fixed_gen).to(device)
-    fixed_y = None
-    if n_classes:
-        fixed_y = (torch.arange(n_fixed) * n_classes // n_fixed).to(device)  # sorted: row k is class k
-    real_preview = None
+    fixed_z = sample_z(n_fixed, z_dim, torch.Generator().manual_seed(cfg.seed + 1)).to(device)
+    fixed_y = (torch.arange(n_fixed) * n_classes // n_fixed).to(device) if n_classes else None  # row k: class k
 
     def fake_labels(n: int):
         return torch.randint(n_classes, (n,), device=device) if n_classes else None
 
-    monitor = Monitor(run_dir, t.steps, t.progress)
-    log.info(f"{cfg.model.name} ({backbone}{', conditional' if n_classes else ''}) on {source.name} "
+    # on resume, TensorBoard drops what the killed run logged after its checkpoint (no duplicate steps)
+    monitor = Monitor(run_dir, t.steps, t.progress, start_step=start_step)
+    verb = f"resuming at step {start_step}:" if start_step else "training"
+    log.info(f"{verb} {cfg.model.name} ({backbone}{', conditional' if n_classes else ''}) on {source.name} "
              f"{tuple(source.shape)} | loss {loss.name}{' + ' + cfg.penalty.name if penalty else ''} | "
              f"n_critic {t.n_critic} | batch {batch} | device {device} | G {sum(p.numel() for p in g.parameters()):,} "
              f"params, D {sum(p.numel() for p in d.parameters()):,} params | run dir {run_dir}")
-    monitor.text("config", "```\n" + OmegaConf.to_yaml(cfg) + "\n```")
+    if not start_step:
+        monitor.text("config", "```\n" + OmegaConf.to_yaml(cfg) + "\n```")
+        if source.kind == "image":
+            monitor.image("Samples/real", image_grid(batches.preview(t.n_samples)), 0)
 
     names = ["Loss/D", "Loss/G", "D/real", "D/fake", "Loss/penalty"]
     acc = torch.zeros(len(names), device=device)
     zero = torch.zeros((), device=device)
-    acc_steps, last_log_t, last_log_step = 0, time.monotonic(), 0
+    first_bad = torch.zeros((), dtype=torch.long, device=device)  # first step with a NaN/Inf loss (0: none)
+    skip_nan = t.on_nan == "skip"
+    skipped = 0
+    acc_steps, last_log_t, last_log_step = 0, time.monotonic(), start_step
+    last_ckpt_step = start_step
     budget_s = None if t.max_minutes is None else float(t.max_minutes) * 60.0
     t_start = time.monotonic()
     last: dict = {}
-    step = 0
+    step = start_step
+
+    def diverged(at_step: int) -> GanlabError:
+        bad = int(first_bad) or at_step
+        where = (f"the last good checkpoint (step {last_ckpt_step}) is kept in {ckpt_dir}" if last_ckpt_step
+                 else "no checkpoint had been written yet")
+        return GanlabError(f"training diverged: a loss became NaN/Inf at step {bad}; {where}. Lower the learning "
+                           "rate (optimizer.lr), change the loss, or set train.on_nan=skip.")
 
     def checkpoint(at_step: int) -> None:
-        if acc_steps and not bool(torch.isfinite(acc).all()):  # never overwrite a good checkpoint with NaNs
-            raise GanlabError(
-                f"training diverged: a loss became NaN/Inf before step {at_step}; lower the learning rate "
-                f"(optimizer.lr) or change the loss. The last good checkpoint is kept in {ckpt_path.parent}."
-            )
-        save_checkpoint({
+        nonlocal last_ckpt_step
+        # never replace a good checkpoint with a diverged one (one sync, on checkpoint steps only)
+        finite = torch.isfinite(torch.stack(torch._foreach_norm(all_params))).all() & (first_bad == 0)
+        if not bool(finite):
+            raise diverged(at_step)
+        write_checkpoints({
             "generator": g.state_dict(), "discriminator": d.state_dict(),
             "generator_ema": ema.module.state_dict() if ema else None,
             "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "step": at_step,
             "config": OmegaConf.to_container(cfg, resolve=True),
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
-            "data": batches.state_dict() if hasattr(batches, "state_dict") else {},
-        }, ckpt_path)
+            "rng": rng_state(device), "data": batches.state_dict(),
+        }, ckpt_dir, at_step, int(t.keep_ckpts))
+        last_ckpt_step = at_step
 
     def samples_to_tb(at_step: int) -> None:
-        nonlocal real_preview
         sampler = ema.module if ema else g
         was_training = sampler.training
         sampler.eval()
@@ -181,99 +313,125 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             monitor.image("Samples/scatter", scatter_image(fake, source.modes), at_step)
         else:
             monitor.image("Samples/fixed_z", image_grid(fake, nrow=n_fixed // n_classes if n_classes else None), at_step)
-            if real_preview is None:
-                real_preview = batches.next()[0][: t.n_samples]
-                monitor.image("Samples/real", image_grid(real_preview), at_step)
 
-    try:
-        for step in range(1, t.steps + 1):
-            noise_std = instance_noise_std(step, tricks, t.steps)
-            # ---- discriminator / critic: n_critic updates on separate real and fake batches
-            d.requires_grad_(True)
-            for _ in range(t.n_critic):
-                real, y_real = batches.next()
-                y_real = y_real if n_classes else None
-                y_fake = fake_labels(batch)
-                with torch.no_grad():
-                    fake = g(sample_z(batch, z_dim, device=device), y_fake)
-                real_in, fake_in = add_instance_noise(real, noise_std), add_instance_noise(fake, noise_std)
-                d_real, d_fake = d(real_in, y_real), d(fake_in, y_fake)
-                if label_tricks:
-                    rt, ft = d_targets(batch, tricks, real_target, fake_target, device=device)
-                    loss_d = loss.d(d_real, d_fake, **{**d_kw, loss.targets[0]: rt, loss.targets[1]: ft})
+    def finite_or_skip(value: torch.Tensor) -> bool:
+        """train.on_nan=skip: True when the update may go ahead (a host sync, every step)."""
+        nonlocal skipped
+        if skip_nan and not bool(torch.isfinite(value)):
+            skipped += 1
+            return False
+        return True
+
+    with _StopSignals() as stop:
+        try:
+            for step in range(start_step + 1, t.steps + 1):
+                noise_std = instance_noise_std(step, tricks, t.steps)
+                step_ok = True
+                # ---- discriminator / critic: n_critic updates on separate real and fake batches
+                d.requires_grad_(True)
+                for _ in range(t.n_critic):
+                    real, y_real = batches.next()
+                    y_real = y_real if n_classes else None
+                    y_fake = fake_labels(batch)
+                    with torch.no_grad():
+                        fake = g(sample_z(batch, z_dim, device=device), y_fake)
+                    real_in, fake_in = add_instance_noise(real, noise_std), add_instance_noise(fake, noise_std)
+                    d_real, d_fake = d(real_in, y_real), d(fake_in, y_fake)
+                    if label_tricks:
+                        rt, ft = d_targets(batch, tricks, real_target, fake_target, device=device)
+                        loss_d = loss.d(d_real, d_fake, **{**d_kw, loss.targets[0]: rt, loss.targets[1]: ft})
+                    else:
+                        loss_d = loss.d(d_real, d_fake, **d_kw)
+                    pen = zero
+                    if penalty is not None:
+                        fn, weight, kw = penalty
+                        pen = fn(lambda x: d(x, y_real), real_in, fake_in, **kw)
+                        loss_d = loss_d + weight * pen
+                    opt_d.zero_grad(set_to_none=True)
+                    if not finite_or_skip(loss_d):
+                        step_ok = False
+                        continue
+                    loss_d.backward()
+                    opt_d.step()
+                    if t.clip_d is not None:
+                        clip_weights(d_params, float(t.clip_d))
+
+                # ---- generator: one update, D frozen (its grads from the last D step stay for logging)
+                d.requires_grad_(False)
+                y_gen = fake_labels(batch)
+                gen = add_instance_noise(g(sample_z(batch, z_dim, device=device), y_gen), noise_std)
+                loss_g = loss.g(d(gen, y_gen), **g_kw)
+                opt_g.zero_grad(set_to_none=True)
+                if finite_or_skip(loss_g):
+                    loss_g.backward()
+                    opt_g.step()
+                    if ema is not None:
+                        ema.update()
                 else:
-                    loss_d = loss.d(d_real, d_fake, **d_kw)
-                pen = zero
-                if penalty is not None:
-                    fn, weight, kw = penalty
-                    pen = fn(lambda x: d(x, y_real), real_in, fake_in, **kw)
-                    loss_d = loss_d + weight * pen
-                opt_d.zero_grad(set_to_none=True)
-                loss_d.backward()
-                opt_d.step()
-                if t.clip_d is not None:
-                    clip_weights(d_params, float(t.clip_d))
+                    step_ok = False
 
-            # ---- generator: one update, D frozen (its grads from the last D step stay for logging)
-            d.requires_grad_(False)
-            y_gen = fake_labels(batch)
-            gen = add_instance_noise(g(sample_z(batch, z_dim, device=device), y_gen), noise_std)
-            loss_g = loss.g(d(gen, y_gen), **g_kw)
-            opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            opt_g.step()
-            if ema is not None:
-                ema.update()
+                if step_ok:
+                    with torch.no_grad():
+                        if loss.sigmoid:
+                            real_score, fake_score = torch.sigmoid(d_real).mean(), torch.sigmoid(d_fake).mean()
+                        else:
+                            real_score, fake_score = d_real.mean(), d_fake.mean()
+                        losses = torch.stack([loss_d.detach(), loss_g.detach(), real_score, fake_score, pen.detach()])
+                        acc += losses
+                        if not skip_nan:  # remember the first bad step, on the device
+                            bad_now = (first_bad == 0) & ~torch.isfinite(losses[:2]).all()
+                            first_bad = torch.where(bad_now, torch.full_like(first_bad, step), first_bad)
+                    acc_steps += 1
+                monitor.tick(step)
 
-            with torch.no_grad():
-                if loss.sigmoid:
-                    real_score, fake_score = torch.sigmoid(d_real).mean(), torch.sigmoid(d_fake).mean()
-                else:
-                    real_score, fake_score = d_real.mean(), d_fake.mean()
-                acc += torch.stack([loss_d.detach(), loss_g.detach(), real_score, fake_score, pen.detach()])
-            acc_steps += 1
-            monitor.tick(step)
-
-            final = step == t.steps
-            out_of_time = budget_s is not None and time.monotonic() - t_start >= budget_s
-            if step % t.log_every == 0 or final or out_of_time:
-                values = dict(zip(names, (acc / acc_steps).tolist()))  # the one host sync per log
-                if penalty is None:
-                    values.pop("Loss/penalty")
-                if loss.sigmoid:
-                    values["D/D(x)"] = values.pop("D/real")
-                    values["D/D(G(z))"] = values.pop("D/fake")
-                else:
-                    values["D/critic_real"] = values.pop("D/real")
-                    values["D/critic_fake"] = values.pop("D/fake")
-                values["Grad/D_norm"] = float(grad_norm(d))
-                values["Grad/G_norm"] = float(grad_norm(g))
-                if noise_std > 0:
-                    values["Tricks/instance_noise_std"] = noise_std
-                now = time.monotonic()
-                values["Perf/steps_per_s"] = (step - last_log_step) / max(now - last_log_t, 1e-9)
-                values["Perf/images_per_s"] = values["Perf/steps_per_s"] * batch * (2 * t.n_critic + 1)
-                bad = [k for k in ("Loss/D", "Loss/G") if not math.isfinite(values[k])]
-                monitor.scalars(step, values)
-                last = values
-                acc.zero_()
-                acc_steps, last_log_t, last_log_step = 0, now, step
-                if bad:
-                    raise GanlabError(
-                        f"training diverged: {' and '.join(bad)} became NaN/Inf by step {step}; lower the "
-                        f"learning rate (optimizer.lr) or change the loss. The last good checkpoint is kept in {ckpt_path.parent}."
-                    )
-            if step % t.sample_every == 0 or final or out_of_time:
-                samples_to_tb(step)
-            if step % t.ckpt_every == 0 or final or out_of_time:
-                checkpoint(step)
-            if out_of_time and not final:
-                monitor.message(f"train.max_minutes={t.max_minutes} reached at step {step}/{t.steps}: "
-                                f"stopped with a checkpoint in {ckpt_path}")
-                break
-    finally:
-        monitor.close()
+                final = step == t.steps
+                out_of_time = budget_s is not None and time.monotonic() - t_start >= budget_s
+                stopping = stop.received is not None or out_of_time
+                if step % t.log_every == 0 or final or stopping:
+                    if bool(first_bad):  # the one host sync per log window
+                        raise diverged(step)
+                    values = dict(zip(names, (acc / max(acc_steps, 1)).tolist()))
+                    if penalty is None:
+                        values.pop("Loss/penalty")
+                    if loss.sigmoid:
+                        values["D/D(x)"] = values.pop("D/real")
+                        values["D/D(G(z))"] = values.pop("D/fake")
+                    else:
+                        values["D/critic_real"] = values.pop("D/real")
+                        values["D/critic_fake"] = values.pop("D/fake")
+                    values["Grad/D_norm"] = float(grad_norm(d))
+                    values["Grad/G_norm"] = float(grad_norm(g))
+                    if noise_std > 0:
+                        values["Tricks/instance_noise_std"] = noise_std
+                    if skip_nan:
+                        values["Train/skipped_updates"] = float(skipped)
+                    now = time.monotonic()
+                    values["Perf/steps_per_s"] = (step - last_log_step) / max(now - last_log_t, 1e-9)
+                    values["Perf/images_per_s"] = values["Perf/steps_per_s"] * batch * (2 * t.n_critic + 1)
+                    if not acc_steps:  # every update of the window was skipped: no loss means to show
+                        values = {k: v for k, v in values.items() if k.startswith(("Train/", "Perf/"))}
+                    monitor.scalars(step, values)
+                    last = values if acc_steps else last
+                    acc.zero_()
+                    acc_steps, last_log_t, last_log_step = 0, now, step
+                if step % t.sample_every == 0 or final or stopping:
+                    samples_to_tb(step)
+                if step % t.ckpt_every == 0 or final or stopping:
+                    checkpoint(step)
+                if stopping and not final:
+                    why = (f"train.max_minutes={t.max_minutes} reached" if out_of_time
+                           else f"{signal.Signals(stop.received).name} received")
+                    monitor.message(f"{why} at step {step}/{t.steps}: stopped with a checkpoint in "
+                                    f"{ckpt_dir / 'last.pt'}; continue with resume=true hydra.run.dir={run_dir}")
+                    break
+        finally:
+            monitor.close()
 
     elapsed = time.monotonic() - t_start
-    log.info(f"done: {step} steps in {elapsed:.1f}s; TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
-    return {"step": step, "wall_s": elapsed, **{k: v for k, v in last.items() if k.startswith(("Loss/", "D/"))}}
+    log.info(f"done: step {step} in {elapsed:.1f}s; TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
+    result = {"step": step, "wall_s": elapsed, **{k: v for k, v in last.items() if k.startswith(("Loss/", "D/"))}}
+    if skip_nan:
+        result["skipped_updates"] = skipped
+    if stop.received is not None:
+        result["stopped_by"] = signal.Signals(stop.received).name
+    return result

@@ -4,7 +4,7 @@ events, a multirun sweep, and one clear message (no traceback) for every bad inp
 import pytest
 import torch
 
-from conftest import make_idx, read_events, run_cli
+from conftest import make_idx, make_image_folder, read_events, run_cli
 
 
 def test_top_level_help_lists_the_commands(tmp_path):
@@ -85,29 +85,71 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
 BAD_INPUTS = [
     # (overrides, exit code, a fragment of the one message)
     (["model=stylegan9"], 1, "Could not find 'model/stylegan9'"),
+    (["loss=hinge2"], 1, "Could not find 'loss/hinge2'"),
+    (["modle=gan"], 1, "Could not override 'modle'"),
     (["train.stepz=5"], 1, "Key 'stepz' is not in struct"),
     (["train.batch_size=0"], 2, "train.batch_size=0 is not valid"),
     (["optimizer.lr=-1e-4"], 2, "optimizer.lr=-0.0001 is not valid"),
     (["train.steps=many"], 2, "train.steps='many' is not valid"),
+    (["train.on_nan=maybe"], 2, "train.on_nan='maybe' is not valid"),
+    (["tricks.label_smoothing=2"], 2, "tricks.label_smoothing=2 is not valid"),
+    (["loss=wasserstein", "tricks.label_smoothing=0.1"], 2, "need a loss with targets"),
     (["device=cuda"] if not torch.cuda.is_available() else ["device=tpu"], 2, "device="),
     (["model=dcgan", "dataset=ring8"], 2, "cannot train on points data"),
+    (["model=cgan", "dataset=image_folder", "dataset.root={images}"], 2, "needs a labelled dataset"),
     (["dataset=mnist", "dataset.root={empty}"], 2, "mnist data not found"),
     (["dataset=fashion_mnist", "dataset.root={empty}", "dataset.system_dirs=[]"], 2, "fashion_mnist data not found"),
     (["dataset=cifar10", "dataset.root={empty}"], 2, "cifar10 data not found"),
+    (["dataset=mnist", "dataset.root={corrupt}"], 2, "truncated or corrupt"),
     (["dataset=image_folder"], 2, "dataset.root=DIR"),
     (["dataset=image_folder", "dataset.root={empty}"], 2, "no images"),
     (["dataset=mnist", "dataset.root={data}", "train.batch_size=100000"], 2, "larger than the dataset"),
+    (["dataset=ring8", "hydra.run.dir={afile}/run"], 2, "is not a directory; choose another hydra.run.dir"),
+    (["dataset=ring8", "hydra.run.dir={good}"], 2, "already holds a run"),
+    (["dataset=ring8", "resume=true"], 2, "holds no checkpoints/last.pt"),
+    (["dataset=ring8", "resume={empty}/nothing.pt"], 2, "no such run dir or checkpoint"),
+    (["dataset=ring8", "resume={truncated}"], 2, "is truncated, corrupt or not a ganlab checkpoint"),
+    (["dataset=ring8", "resume={foreign}"], 2, "is not a ganlab checkpoint"),
+    (["dataset=ring8", "model=wgan_gp", "resume={good}"], 2, "trained with another model or dataset"),
 ]
 
 
+@pytest.fixture(scope="module")
+def bad_input_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad")
+    files = {"empty": root / "empty", "data": root / "data", "corrupt": root / "corrupt", "images": root / "images",
+             "afile": root / "afile", "good": root / "good"}
+    files["empty"].mkdir()
+    make_idx(files["data"], n=20)
+    make_idx(files["corrupt"], n=20)
+    raw = files["corrupt"] / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    raw.write_bytes(raw.read_bytes()[:1000])
+    make_image_folder(files["images"], n=3)
+    files["afile"].write_text("not a directory\n")
+    out = run_cli("train", "dataset=ring8", "train.steps=3", f"hydra.run.dir={files['good']}", cwd=root)
+    assert out.returncode == 0, out.stderr
+    checkpoint = files["good"] / "checkpoints" / "last.pt"
+    files["truncated"] = root / "truncated.pt"
+    files["truncated"].write_bytes(checkpoint.read_bytes()[:5000])
+    files["foreign"] = root / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, files["foreign"])
+    return files
+
+
+def test_the_bad_input_table_is_large():
+    assert len(BAD_INPUTS) >= 20
+
+
 @pytest.mark.parametrize("overrides,code,fragment", BAD_INPUTS)
-def test_bad_input_ends_in_one_clear_message(overrides, code, fragment, tmp_path):
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    data = tmp_path / "data"
-    make_idx(data, n=20)
-    args = [o.format(empty=empty, data=data) for o in overrides]
-    out = run_cli("train", "train.steps=2", *args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+def test_bad_input_ends_in_one_clear_message(overrides, code, fragment, bad_input_files, tmp_path):
+    args = [o.format(**bad_input_files) for o in overrides]
+    if not any(a.startswith(("hydra.run.dir=", "resume=/")) for a in args):
+        args.append(f"hydra.run.dir={tmp_path / 'run'}")
+    good = bad_input_files["good"]
+    before = {p: p.read_bytes() for p in good.rglob("*") if p.is_file()}
+    out = run_cli("train", "train.steps=2", *args, cwd=tmp_path)
     assert out.returncode == code, out.stdout + out.stderr
     assert fragment in out.stderr
     assert "Traceback" not in out.stderr + out.stdout
+    # nothing already written is lost
+    assert {p: p.read_bytes() for p in good.rglob("*") if p.is_file() and p in before} == before

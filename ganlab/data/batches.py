@@ -48,6 +48,10 @@ class DeviceBatches:
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "pos": self.pos, "generator": self._epoch_state}
 
+    def preview(self, n: int) -> torch.Tensor:
+        """The first n images (no draw from the training order, so resumes stay exact)."""
+        return to_unit_range(self.x[:n])
+
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
         self._perm = self._new_perm()
@@ -76,6 +80,17 @@ class LoaderBatches:
             x, y = next(self._it)
         return to_unit_range(x.to(self.device, non_blocking=True)), None
 
+    def preview(self, n: int) -> torch.Tensor:
+        ds = self.loader.dataset
+        return to_unit_range(torch.stack([ds[i][0] for i in range(min(n, len(ds)))]).to(self.device))
+
+    def state_dict(self) -> dict:
+        # A DataLoader's position is not restorable: a resumed run re-shuffles (not bit-exact).
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
 
 class PointBatches:
     def __init__(self, source, batch_size: int, seed: int, device: torch.device):
@@ -84,6 +99,12 @@ class PointBatches:
 
     def next(self):
         return self.source.sample(self.batch_size, self.generator, self.device)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
 
 
 def build_batches(source, batch_size: int, seed: int, device: torch.device, num_workers: int = 0):

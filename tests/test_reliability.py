@@ -1,0 +1,149 @@
+"""Reliability: exact resume after SIGKILL, clean stop on SIGTERM, divergence that keeps the last
+good checkpoint, numbered checkpoints, and resumes that refuse what does not fit."""
+
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import make_idx, offline_env, read_events, run_cli
+
+
+def _args(model, data, run, steps, *extra):
+    return ["train", f"model={model}", "dataset=mnist", f"dataset.root={data}", "dataset.download=false",
+            "device=cpu", f"train.steps={steps}", "train.batch_size=16", "model.width=8", "train.ckpt_every=20",
+            "train.log_every=10", "train.sample_every=50", f"hydra.run.dir={run}", *extra]
+
+
+def _popen(args, cwd):
+    return subprocess.Popen([sys.executable, "-m", "ganlab", *args], cwd=cwd, env=offline_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+
+
+def _wait_for(predicate, proc, timeout=120):
+    t0 = time.monotonic()
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended early: {proc.stdout.read()}")
+        if time.monotonic() - t0 > timeout:
+            proc.kill()
+            raise AssertionError("timed out waiting for the run")
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("model", ["dcgan", "wgan_gp"])
+def test_sigkill_then_resume_is_bit_identical(model, tmp_path):
+    data = tmp_path / "data"
+    make_idx(data, n=200)
+    steps = 400
+    whole = run_cli(*_args(model, data, tmp_path / "whole", steps), cwd=tmp_path)
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+
+    run = tmp_path / "killed"
+    proc = _popen(_args(model, data, run, steps), tmp_path)
+    _wait_for(lambda: (run / "checkpoints" / "step_00000020.pt").exists(), proc)
+    time.sleep(random.uniform(0.0, 0.5))  # a random step after a checkpoint
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"]
+    assert killed_at < steps
+
+    resumed = run_cli(*_args(model, data, run, steps), "resume=true", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"resuming at step {killed_at}" in resumed.stdout
+
+    a = torch.load(tmp_path / "whole" / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert a["step"] == b["step"] == steps
+    for part in ("generator", "discriminator"):
+        assert a[part].keys() == b[part].keys()
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), (part, key)
+    # the TensorBoard logs continue without duplicate steps
+    logged = [e.step for e in read_events(run / "tb").Scalars("Loss/D")]
+    assert logged == sorted(set(logged)) and logged[-1] == steps
+    assert logged == [e.step for e in read_events(tmp_path / "whole" / "tb").Scalars("Loss/D")]
+
+
+def test_sigterm_checkpoints_the_current_step_and_exits_0(tmp_path):
+    run = tmp_path / "run"
+    proc = _popen(["train", "model=gan", "dataset=ring8", "device=cpu", "train.steps=1000000",
+                   "train.ckpt_every=1000000", "train.log_every=50", f"hydra.run.dir={run}"], tmp_path)
+    _wait_for(lambda: any((run / "tb").glob("events.*")) if (run / "tb").exists() else False, proc)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    match = re.search(r"SIGTERM received at step (\d+)/1000000", out)
+    assert match, out
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["step"] == int(match.group(1)) > 0
+    assert "resume=true" in out
+
+
+def test_divergence_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    """A healthy run to step 10, continued with a learning rate that blows up at once."""
+    run = tmp_path / "run"
+    common = ["train", "model=wgan_gp", "dataset=ring8", "device=cpu", "penalty=none", "train.n_critic=1",
+              "train.ckpt_every=5", "train.log_every=5", f"hydra.run.dir={run}"]
+    assert run_cli(*common, "train.steps=10", cwd=tmp_path).returncode == 0
+    good = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    out = run_cli(*common, "train.steps=400", "optimizer.lr=1e8", "resume=true", cwd=tmp_path)
+    assert out.returncode == 2, out.stdout + out.stderr
+    match = re.search(r"training diverged: a loss became NaN/Inf at step (\d+); the last good checkpoint "
+                      r"\(step 10\) is kept in", out.stderr)
+    assert match and int(match.group(1)) > 10, out.stderr
+    assert "Traceback" not in out.stderr
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["step"] == 10
+    for key, value in good["generator"].items():
+        assert torch.equal(state["generator"][key], value)
+
+
+def test_on_nan_skip_skips_and_counts(tmp_path):
+    from conftest import compose
+    from ganlab.train import train
+
+    cfg = compose("model=wgan_gp", "dataset=ring8", "device=cpu", "penalty=none", "train.n_critic=1",
+                  "optimizer.lr=1e8", "train.steps=30", "train.on_nan=skip", "train.progress=none",
+                  "train.log_every=10", "train.ckpt_every=1000")
+    result = train(cfg, tmp_path)
+    assert result["step"] == 30 and result["skipped_updates"] > 0
+    assert "Train/skipped_updates" in read_events(tmp_path / "tb").Tags()["scalars"]
+
+
+def test_only_the_newest_numbered_checkpoints_are_kept(tmp_path):
+    out = run_cli("train", "dataset=ring8", "device=cpu", "train.steps=40", "train.ckpt_every=5",
+                  "train.keep_ckpts=2", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert names == ["last.pt", "step_00000035.pt", "step_00000040.pt"]
+
+
+def test_resume_path_continues_that_run_in_its_own_dir(tmp_path):
+    run = tmp_path / "run"
+    first = run_cli("train", "dataset=ring8", "device=cpu", "train.steps=10", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    more = run_cli("train", "dataset=ring8", "device=cpu", "train.steps=20", f"resume={run / 'checkpoints' / 'last.pt'}",
+                   cwd=tmp_path)
+    assert more.returncode == 0, more.stderr
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] == 20
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_resuming_with_another_model_says_what_differs(tmp_path):
+    run = tmp_path / "run"
+    assert run_cli("train", "model=gan", "dataset=ring8", "train.steps=3", f"hydra.run.dir={run}", cwd=tmp_path).returncode == 0
+    out = run_cli("train", "model=wgan_gp", "dataset=ring8", "train.steps=6", f"hydra.run.dir={run}", "resume=true",
+                  cwd=tmp_path)
+    assert out.returncode == 2
+    assert "model.name: 'gan' in the checkpoint, 'wgan_gp' now" in out.stderr and "Traceback" not in out.stderr
+    out = run_cli("train", "model=gan", "dataset=grid25", "train.steps=6", f"hydra.run.dir={run}", "resume=true",
+                  cwd=tmp_path)
+    assert out.returncode == 2 and "dataset.name: 'ring8' in the checkpoint, 'grid25' now" in out.stderr
