@@ -44,6 +44,14 @@ def validate(cfg: DictConfig) -> None:
     if t.max_minutes is not None:
         _positive(t.max_minutes, "train.max_minutes", integer=False)
     _positive(t.keep_ckpts, "train.keep_ckpts", allow_zero=True)
+    if t.amp not in ("none", "bf16", "fp16"):
+        raise GanlabError(f"train.amp={t.amp!r} is not valid: use none, bf16 or fp16.")
+    if not isinstance(t.compile, bool):
+        raise GanlabError(f"train.compile={t.compile!r} is not valid: use true or false.")
+    if t.channels_last not in ("auto", True, False):
+        raise GanlabError(f"train.channels_last={t.channels_last!r} is not valid: use auto, true or false.")
+    if t.threads is not None:
+        _positive(t.threads, "train.threads")
     if t.on_nan not in ("stop", "skip"):
         raise GanlabError(f"train.on_nan={t.on_nan!r} is not valid: use stop or skip.")
     if t.progress not in ("auto", "rich", "plain", "none"):

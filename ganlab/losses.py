@@ -98,20 +98,28 @@ def get_loss(cfg) -> tuple[Loss, dict, dict]:
 # ----------------------------------------------------------------------------------- penalties
 
 def gradient_penalty(critic: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor,
-                     center: float = 1.0, alpha: Tensor | None = None) -> Tensor:
+                     center: float = 1.0, alpha: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
     """E[(||grad D(x_hat)||_2 - center)^2] (Gulrajani et al. 2017, Algorithm 1), unweighted.
 
     x_hat = alpha * real + (1 - alpha) * fake with ONE alpha ~ U(0, 1) PER SAMPLE, and the norm of
     each sample's gradient over all of its dimensions. Differentiable w.r.t. the critic's weights.
+    `scale`: fp16 mixed precision's loss scale; the input gradient is taken of the scaled scores
+    (so it does not underflow in half precision) and unscaled before the norm, as in PyTorch's AMP
+    gradient-penalty recipe. The norm is always computed in float32.
     """
     n = real.shape[0]
+    real, fake = real.detach().float(), fake.detach().float()
     if alpha is None:
         alpha = torch.rand(n, device=real.device, dtype=real.dtype)
     alpha = alpha.view(n, *([1] * (real.dim() - 1)))
-    x_hat = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
-    scores = critic(x_hat)
-    (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
-    norms = grad.flatten(1).norm(2, dim=1)
+    x_hat = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+    out = critic(x_hat).float().sum()
+    if scale is not None:
+        out = out * scale
+    (grad,) = torch.autograd.grad(out, x_hat, create_graph=True)
+    if scale is not None:
+        grad = grad / scale
+    norms = grad.float().flatten(1).norm(2, dim=1)
     return (norms - center).pow(2).mean()
 
 

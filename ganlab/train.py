@@ -143,10 +143,13 @@ class _StopSignals:
         return False
 
 
-def make_optimizers(opt_cfg: DictConfig, g: torch.nn.Module, d: torch.nn.Module):
-    """G and D optimizers from the `optimizer` group (`_partial_` target); lr_g/lr_d override lr (TTUR)."""
+def make_optimizers(opt_cfg: DictConfig, g: torch.nn.Module, d: torch.nn.Module, device: torch.device | None = None):
+    """G and D optimizers from the `optimizer` group (`_partial_` target); lr_g/lr_d override lr (TTUR).
+    Adam/AdamW use their fused CUDA kernels on CUDA (one kernel for all parameters)."""
     cfg = OmegaConf.to_container(opt_cfg, resolve=True)
     lr_g, lr_d = cfg.pop("lr_g", None), cfg.pop("lr_d", None)
+    if device is not None and device.type == "cuda" and cfg["_target_"] in ("torch.optim.Adam", "torch.optim.AdamW"):
+        cfg.setdefault("fused", True)
     factory = instantiate(cfg)
     opt_g = factory(g.parameters(), lr=lr_g if lr_g is not None else cfg["lr"])
     opt_d = factory(d.parameters(), lr=lr_d if lr_d is not None else cfg["lr"])
@@ -193,6 +196,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         )
     t, tricks = cfg.train, cfg.tricks
     device = resolve_device(cfg.device)
+    if t.threads is not None:
+        torch.set_num_threads(int(t.threads))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
     seed_everything(cfg.seed)
 
     source = _build_source(cfg)
@@ -209,7 +216,20 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         log.warning("a gradient penalty with BatchNorm in D: the per-sample penalty is ill-defined "
                     "with batch statistics (Gulrajani et al. 2017, sec. 4); consider model.d_norm=layer.")
     batches = build_batches(source, t.batch_size, cfg.seed, device, t.num_workers)
-    opt_g, opt_d = make_optimizers(cfg.optimizer, g, d)
+    opt_g, opt_d = make_optimizers(cfg.optimizer, g, d, device)
+    channels_last = (device.type == "cuda" and source.kind == "image") if t.channels_last == "auto" else bool(t.channels_last)
+    if channels_last and source.kind == "image":
+        g, d = g.to(memory_format=torch.channels_last), d.to(memory_format=torch.channels_last)
+    amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.amp]
+
+    def autocast():
+        return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+
+    scaler_d = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
+    scaler_g = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
+    # torch.compile for the forward passes; the gradient penalty's double backward stays eager
+    g_run = torch.compile(g) if t.compile else g
+    d_run = torch.compile(d) if t.compile else d
     ema = EMA(g, float(tricks.ema)) if tricks.ema else None
     d_params = list(d.parameters())
     all_params = list(g.parameters()) + d_params
@@ -221,6 +241,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         try:
             g.load_state_dict(state["generator"])
             d.load_state_dict(state["discriminator"])
+            for key, scaler in (("scaler_d", scaler_d), ("scaler_g", scaler_g)):
+                if state.get(key):
+                    scaler.load_state_dict(state[key])
             for opt, key in ((opt_g, "opt_g"), (opt_d, "opt_d")):
                 lrs = [group["lr"] for group in opt.param_groups]  # the config's lr wins over the saved one
                 opt.load_state_dict(state[key])
@@ -297,6 +320,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             "generator": g.state_dict(), "discriminator": d.state_dict(),
             "generator_ema": ema.module.state_dict() if ema else None,
             "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "step": at_step,
+            "scaler_d": scaler_d.state_dict(), "scaler_g": scaler_g.state_dict(),
             "config": OmegaConf.to_container(cfg, resolve=True),
             "rng": rng_state(device), "data": batches.state_dict(),
         }, ckpt_dir, at_step, int(t.keep_ckpts))
@@ -331,12 +355,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                 d.requires_grad_(True)
                 for _ in range(t.n_critic):
                     real, y_real = batches.next()
+                    if channels_last:
+                        real = real.contiguous(memory_format=torch.channels_last)
                     y_real = y_real if n_classes else None
                     y_fake = fake_labels(batch)
-                    with torch.no_grad():
-                        fake = g(sample_z(batch, z_dim, device=device), y_fake)
-                    real_in, fake_in = add_instance_noise(real, noise_std), add_instance_noise(fake, noise_std)
-                    d_real, d_fake = d(real_in, y_real), d(fake_in, y_fake)
+                    with autocast():
+                        with torch.no_grad():  # fp32 in, like the reals: one compiled D graph for both
+                            fake = g_run(sample_z(batch, z_dim, device=device), y_fake).to(real.dtype)
+                        real_in, fake_in = add_instance_noise(real, noise_std), add_instance_noise(fake, noise_std)
+                        d_real, d_fake = d_run(real_in, y_real).float(), d_run(fake_in, y_fake).float()
                     if label_tricks:
                         rt, ft = d_targets(batch, tricks, real_target, fake_target, device=device)
                         loss_d = loss.d(d_real, d_fake, **{**d_kw, loss.targets[0]: rt, loss.targets[1]: ft})
@@ -345,26 +372,32 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                     pen = zero
                     if penalty is not None:
                         fn, weight, kw = penalty
-                        pen = fn(lambda x: d(x, y_real), real_in, fake_in, **kw)
+                        scale = scaler_d.scale(torch.ones((), device=device)) if scaler_d.is_enabled() else None
+                        with autocast():
+                            pen = fn(lambda x: d(x, y_real), real_in, fake_in, scale=scale, **kw)
                         loss_d = loss_d + weight * pen
                     opt_d.zero_grad(set_to_none=True)
                     if not finite_or_skip(loss_d):
                         step_ok = False
                         continue
-                    loss_d.backward()
-                    opt_d.step()
+                    scaler_d.scale(loss_d).backward()
+                    scaler_d.step(opt_d)
+                    scaler_d.update()
                     if t.clip_d is not None:
                         clip_weights(d_params, float(t.clip_d))
 
                 # ---- generator: one update, D frozen (its grads from the last D step stay for logging)
                 d.requires_grad_(False)
                 y_gen = fake_labels(batch)
-                gen = add_instance_noise(g(sample_z(batch, z_dim, device=device), y_gen), noise_std)
-                loss_g = loss.g(d(gen, y_gen), **g_kw)
+                with autocast():
+                    gen = add_instance_noise(g_run(sample_z(batch, z_dim, device=device), y_gen).float(), noise_std)
+                    d_gen = d_run(gen, y_gen).float()
+                loss_g = loss.g(d_gen, **g_kw)
                 opt_g.zero_grad(set_to_none=True)
                 if finite_or_skip(loss_g):
-                    loss_g.backward()
-                    opt_g.step()
+                    scaler_g.scale(loss_g).backward()
+                    scaler_g.step(opt_g)
+                    scaler_g.update()
                     if ema is not None:
                         ema.update()
                 else:
@@ -429,7 +462,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 
     elapsed = time.monotonic() - t_start
     log.info(f"done: step {step} in {elapsed:.1f}s; TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
-    result = {"step": step, "wall_s": elapsed, **{k: v for k, v in last.items() if k.startswith(("Loss/", "D/"))}}
+    result = {"step": step, "wall_s": elapsed, **{k: v for k, v in last.items() if k.startswith(("Loss/", "D/", "Perf/"))}}
     if skip_nan:
         result["skipped_updates"] = skipped
     if stop.received is not None:
