@@ -18,13 +18,16 @@ usage: ganlab <command> [hydra overrides]
 commands:
   train    train a GAN: ganlab train model=wgan_gp dataset=mnist train.steps=2000
            (Hydra app: --help, --cfg job, -m/--multirun sweeps, --info, -sc shell completion)
+  sample   samples of a trained run: ganlab sample run=RUN_DIR n=10000 out=samples.npz [labels=3] [ema=false]
+  report   one row per run of a sweep or of outputs/: ganlab report DIR [--sort METRIC] [--format F]
 
 config groups (conf/): dataset, model, loss, optimizer, penalty
   ganlab train --help      lists every option of every group
   ganlab train model=wgan_gp --cfg job    shows the composed recipe without running it
 """
 
-_failed_jobs: list[str] = []
+_GROUPS = ("model", "dataset", "loss", "optimizer", "penalty")
+_sweep_failures: list[str] = []
 
 
 def _report_error(message: str) -> None:
@@ -37,29 +40,133 @@ def _report_error(message: str) -> None:
         print(f"ganlab: error: {message}", file=sys.stderr)
 
 
+def _parse_value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def _hparams(hc) -> dict:
+    """The chosen config groups plus every command-line override: what TensorBoard's HParams shows."""
+    hp = {g: str(hc.runtime.choices.get(g)) for g in _GROUPS if hc.runtime.choices.get(g) is not None}
+    for item in hc.overrides.task:
+        key, _, value = item.lstrip("+~").partition("=")
+        if key not in _GROUPS and not key.startswith("hydra"):
+            hp[key] = _parse_value(value)
+    return hp
+
+
+def _split_threads(cfg, hc) -> None:
+    """Parallel local jobs (the joblib launcher) share the cores instead of oversubscribing them."""
+    import torch
+
+    target = str(hc.launcher.get("_target_", ""))
+    if "joblib" not in target.lower() or cfg.train.threads is not None:
+        return
+    n_jobs = hc.launcher.get("n_jobs") or -1
+    cores = os.cpu_count() or 1
+    n_jobs = cores if n_jobs < 0 else n_jobs
+    torch.set_num_threads(max(1, cores // max(1, n_jobs)))
+
+
 def _train_task(cfg):
+    import time
+
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from ganlab.errors import DivergedError
+    from ganlab.runinfo import write_status
     from ganlab.train import train
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
+    hparams = _hparams(hc)
+    _split_threads(cfg, hc)
+    import torch
+
+    from ganlab.runinfo import read_status
+
+    existing = read_status(run_dir) is not None  # a run being resumed: keep its record until it starts
+    started = []
+
+    def on_start() -> None:  # every check passed: this run now owns the record
+        write_status(run_dir, status="running", overrides=list(hc.overrides.task), steps=cfg.train.steps,
+                     step=0, hparams=hparams, error="", metrics={}, pid=os.getpid(),
+                     threads=torch.get_num_threads(), started=time.time())
+        started.append(True)
+
+    t0 = time.monotonic()
     try:
-        return train(cfg, run_dir)
+        result = train(cfg, run_dir, hparams=hparams, on_start=on_start)
     except GanlabError as exc:
+        status = "diverged" if isinstance(exc, DivergedError) else "failed"
+        if started or not existing:
+            write_status(run_dir, status=status, error=str(exc), wall_s=time.monotonic() - t0,
+                         overrides=list(hc.overrides.task), steps=cfg.train.steps)
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         _report_error(str(exc))
-        try:
-            (run_dir / "error.txt").write_text(str(exc) + "\n")
-        except OSError:
-            pass
         if hc.mode == RunMode.RUN:
             sys.exit(2)
-        # in a sweep, the other jobs go on; the sweep's exit status says that one failed
-        _failed_jobs.append(f"{hc.job.num}: {exc}")
-        return {"status": "failed", "error": str(exc)}
+        # in a sweep, the other jobs go on and the sweep's exit status says that one failed; an
+        # optimizing sweeper (Optuna) cannot read a number from this dict: it records a failed trial
+        return {"status": status, "error": str(exc)}
+    except KeyboardInterrupt:
+        if started:
+            write_status(run_dir, status="interrupted", error="KeyboardInterrupt", wall_s=time.monotonic() - t0)
+        raise
+    except Exception as exc:  # a bug: recorded, then Hydra shows it
+        if started or not existing:
+            write_status(run_dir, status="failed", error=f"{type(exc).__name__}: {exc}", wall_s=time.monotonic() - t0)
+        raise
+    status = "interrupted" if result.get("stopped_by") else "ok"
+    metrics = {k: v for k, v in result.items() if "/" in k}
+    write_status(run_dir, status=status, step=result["step"], wall_s=time.monotonic() - t0, metrics=metrics,
+                 ended=time.time())
+    metric = cfg.get("optimize_metric")
+    if metric:  # what an optimizing sweeper (Optuna) minimizes or maximizes
+        if metric not in result:
+            _report_error(f"optimize_metric={metric} is not among this run's final values ({', '.join(metrics)}).")
+            return {"status": "failed", "error": f"no final value named {metric}"}
+        return float(result[metric])
+    return result
+
+
+try:
+    from hydra.experimental.callback import Callback
+except ImportError:  # pragma: no cover
+    Callback = object
+
+
+class SweepStatus(Callback):
+    """After a sweep (any launcher, jobs in this process or not): count the runs that failed."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        from ganlab.runinfo import find_runs, read_status
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        for run in find_runs(sweep_dir):
+            st = read_status(run) or {}
+            if st.get("status") in ("failed", "diverged"):
+                _sweep_failures.append(f"{run.name}: {st.get('error', '')}")
+
+
+def _quote_paths(args: list[str], keys: tuple[str, ...]) -> list[str]:
+    """Paths of sweep runs hold '=' and ',' (`0_model=gan,seed=1`), which Hydra's override grammar
+    reads as syntax: quote such values of path keys so `run=`/`resume=` take them as they are."""
+    out = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and key in keys and value[:1] not in ("'", '"') and any(c in value for c in "=, []{}()"):
+            arg = f"{key}='{value}'"
+        out.append(arg)
+    return out
 
 
 def _prepare_run_dir(args: list[str]) -> list[str]:
@@ -69,15 +176,15 @@ def _prepare_run_dir(args: list[str]) -> list[str]:
     - a resume writes Hydra's files to .hydra/resume-<time>/, keeping the run's original .hydra/;
     - a new run into a dir that already holds a checkpoint is refused.
     """
-    value = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), None)
+    value = next((a.split("=", 1)[1].strip("'\"") for a in args if a.startswith("resume=")), None)
     resuming = value not in (None, "", "false", "False", "null")
-    run_dir_arg = next((a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")), None)
+    run_dir_arg = next((a.split("=", 1)[1].strip("'\"") for a in args if a.startswith("hydra.run.dir=")), None)
     if resuming and value not in ("true", "True") and run_dir_arg is None:
         path = Path(value).expanduser()
         if not path.exists():
             raise GanlabError(f"resume={value}: no such run dir or checkpoint; give a run dir or its checkpoints/last.pt.")
         run_dir = path if path.is_dir() else (path.parent.parent if path.parent.name == "checkpoints" else path.parent)
-        args = [*args, f"hydra.run.dir={run_dir.resolve()}"]
+        args = [*args, f"hydra.run.dir='{run_dir.resolve()}'"]
     if resuming:
         args = [*args, "hydra.output_subdir=.hydra/resume-${now:%Y-%m-%d_%H-%M-%S}"]
     elif run_dir_arg and "-m" not in args and "--multirun" not in args and \
@@ -91,7 +198,7 @@ def _check_output_dir(args: list[str]) -> None:
     """Fail before any work when the run (or sweep) dir cannot be written."""
     multirun = "-m" in args or "--multirun" in args
     key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
-    value = next((a[len(key):] for a in args if a.startswith(key)), "outputs")
+    value = next((a[len(key):].strip("'\"") for a in args if a.startswith(key)), "outputs")
     if "${" in value:
         return
     target = Path(value).expanduser().absolute()
@@ -115,6 +222,7 @@ def train_cli(args: list[str]) -> int:
 
     from ganlab.config import config_dir
 
+    args = _quote_paths(args, ("resume", "hydra.run.dir", "hydra.sweep.dir", "dataset.root"))
     if not any(a in ("--help", "-h", "--hydra-help", "--info", "-c", "--cfg", "-sc", "--shell-completion") or a.startswith("--info")
                for a in args):
         args = _prepare_run_dir(args)
@@ -122,13 +230,43 @@ def train_cli(args: list[str]) -> int:
     main = hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")(_train_task)
     sys.argv = ["ganlab", *args]
     main()
-    if _failed_jobs:
-        _report_error(f"{len(_failed_jobs)} job(s) of the sweep failed: " + "; ".join(_failed_jobs))
+    if _sweep_failures:
+        _report_error(f"{len(_sweep_failures)} job(s) of the sweep failed: " + "; ".join(_sweep_failures)
+                      + " (ganlab report SWEEP_DIR lists every run)")
         return 1
     return 0
 
 
-COMMANDS = {"train": train_cli}
+def _sample_task(cfg):
+    from ganlab.sample import sample_run
+
+    try:
+        sample_run(cfg)
+    except GanlabError as exc:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        _report_error(str(exc))
+        sys.exit(2)
+
+
+def sample_cli(args: list[str]) -> int:
+    import hydra
+
+    from ganlab.config import config_dir
+
+    main = hydra.main(config_path=config_dir(), config_name="sample", version_base="1.3")(_sample_task)
+    sys.argv = ["ganlab", *_quote_paths(args, ("run", "out"))]
+    main()
+    return 0
+
+
+def report_cli(args: list[str]) -> int:
+    from ganlab.report import main as report_main
+
+    return report_main(args)
+
+
+COMMANDS = {"train": train_cli, "sample": sample_cli, "report": report_cli}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,3 +6,7 @@ class GanlabError(Exception):
 
     The message must say what is wrong and how to fix it, in one or two sentences.
     """
+
+
+class DivergedError(GanlabError):
+    """Training produced a NaN/Inf loss (the run dir keeps its last good checkpoint)."""

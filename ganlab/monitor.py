@@ -60,16 +60,29 @@ class Monitor:
         rate = values.get("Perf/steps_per_s", 0.0)
         if self.progress is not None:
             self.progress.update(self.task, completed=step, rate=f"{rate:.1f} it/s", losses=losses)
+        elif self.mode == "plain" and not losses:
+            log.info(f"step {step}/{self.total}  " + "  ".join(f"{k} {v:.4g}" for k, v in values.items()))
         elif self.mode == "plain":
             elapsed = time.monotonic() - self.t0
             done = max(step - self.start_step, 1)
             eta = elapsed / done * (self.total - step)
-            extras = "  ".join(f"{k} {v:.3g}" for k, v in values.items() if k.startswith("D/"))
+            extras = "  ".join(f"{k} {v:.3g}" for k, v in values.items() if k.startswith(("D/", "Metrics/")))
             log.info(f"step {step}/{self.total}  {losses}  {extras}  {rate:.1f} it/s  "
                      f"{values.get('Perf/images_per_s', 0.0):.0f} img/s  ETA {_fmt_duration(eta)}")
 
     def image(self, tag: str, image: torch.Tensor, step: int) -> None:
         self.writer.add_image(tag, image, step, dataformats="CHW")
+
+    def hparams(self, hparams: dict, metrics: dict[str, float]) -> None:
+        """TensorBoard's HParams plugin data for this run: its hparams, and metric names that point
+        at scalar tags already logged here (the plugin reads their values from those scalars)."""
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+        clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hparams.items()}
+        exp, ssi, sei = hparams_summary(clean, metrics)
+        writer = self.writer._get_file_writer()
+        for summary in (exp, ssi, sei):
+            writer.add_summary(summary)
 
     def text(self, tag: str, text: str, step: int = 0) -> None:
         self.writer.add_text(tag, text, step)

@@ -24,9 +24,10 @@ from omegaconf.errors import MissingMandatoryValue
 from ganlab.checkpoint import load_checkpoint, write_checkpoints
 from ganlab.config import validate
 from ganlab.data import build_batches
-from ganlab.errors import GanlabError
+from ganlab.errors import DivergedError, GanlabError
 from ganlab.losses import get_loss, get_penalty
-from ganlab.models import build_models, resolve_backbone, sample_z
+from ganlab.metrics import mixture_metrics
+from ganlab.models import build_models, generate, resolve_backbone, sample_z
 from ganlab.monitor import Monitor
 from ganlab.tricks import EMA, add_instance_noise, clip_weights, d_targets, instance_noise_std, uses_label_tricks
 from ganlab.viz import image_grid, scatter_image
@@ -178,8 +179,12 @@ def _build_source(cfg: DictConfig):
         raise
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict:
-    """Train G and D as `cfg` says; TensorBoard logs and checkpoints go to run_dir. Returns final scalars."""
+def train(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, on_start=None) -> dict:
+    """Train G and D as `cfg` says; TensorBoard logs and checkpoints go to run_dir. Returns final scalars.
+
+    `hparams` (the chosen groups and swept values, from the CLI) go to TensorBoard's HParams tab with
+    the final losses as its metrics. `on_start()` is called once every check has passed, right before
+    the first step (the CLI records the run as running then)."""
     validate(cfg)
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
@@ -303,11 +308,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     last: dict = {}
     step = start_step
 
-    def diverged(at_step: int) -> GanlabError:
+    def diverged(at_step: int) -> DivergedError:
         bad = int(first_bad) or at_step
         where = (f"the last good checkpoint (step {last_ckpt_step}) is kept in {ckpt_dir}" if last_ckpt_step
                  else "no checkpoint had been written yet")
-        return GanlabError(f"training diverged: a loss became NaN/Inf at step {bad}; {where}. Lower the learning "
+        return DivergedError(f"training diverged: a loss became NaN/Inf at step {bad}; {where}. Lower the learning "
                            "rate (optimizer.lr), change the loss, or set train.on_nan=skip.")
 
     def checkpoint(at_step: int) -> None:
@@ -346,6 +351,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             return False
         return True
 
+    if on_start is not None:
+        on_start()
     with _StopSignals() as stop:
         try:
             for step in range(start_step + 1, t.steps + 1):
@@ -457,12 +464,23 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                     monitor.message(f"{why} at step {step}/{t.steps}: stopped with a checkpoint in "
                                     f"{ckpt_dir / 'last.pt'}; continue with resume=true hydra.run.dir={run_dir}")
                     break
+            if source.kind == "points" and last:  # mode coverage of the final G (VEEGAN/PacGAN protocol)
+                samples, _ = generate(ema.module if ema else g, 2500, device=device,
+                                      generator=torch.Generator().manual_seed(cfg.seed + 2))
+                coverage = mixture_metrics(samples, source.modes, source.std)
+                metrics = {f"Metrics/{k}": float(coverage[k]) for k in
+                           ("modes_captured", "modes_captured_strict", "high_quality", "reverse_kl")}
+                monitor.scalars(step, metrics)
+                last.update(metrics)
+            if hparams and last:
+                monitor.hparams(hparams, {k: v for k, v in last.items() if k.startswith(("Loss/", "D/", "Metrics/"))})
         finally:
             monitor.close()
 
     elapsed = time.monotonic() - t_start
     log.info(f"done: step {step} in {elapsed:.1f}s; TensorBoard: tensorboard --logdir {run_dir / 'tb'}")
-    result = {"step": step, "wall_s": elapsed, **{k: v for k, v in last.items() if k.startswith(("Loss/", "D/", "Perf/"))}}
+    result = {"step": step, "wall_s": elapsed,
+              **{k: v for k, v in last.items() if k.startswith(("Loss/", "D/", "Perf/", "Metrics/"))}}
     if skip_nan:
         result["skipped_updates"] = skipped
     if stop.received is not None:

@@ -1,6 +1,8 @@
 """The real CLI in a subprocess: help, a real MNIST-layout run read back from its TensorBoard
 events, a multirun sweep, and one clear message (no traceback) for every bad input."""
 
+import json
+
 import pytest
 import torch
 
@@ -78,7 +80,8 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
                   f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
     assert out.returncode == 1
     assert "needs images" in out.stderr and "1 job(s) of the sweep failed" in out.stderr
-    assert (tmp_path / "sweep" / "0_dataset=ring8,model=dcgan,train.steps=5" / "error.txt").is_file()
+    status = json.loads((tmp_path / "sweep" / "0_dataset=ring8,model=dcgan,train.steps=5" / "status.json").read_text())
+    assert status["status"] == "failed" and "needs images" in status["error"]
     assert (tmp_path / "sweep" / "1_dataset=ring8,model=gan,train.steps=5" / "checkpoints" / "last.pt").is_file()
 
 

@@ -120,8 +120,8 @@ def test_same_seed_same_result(tmp_path):
     runs = []
     for k in range(2):
         cfg = compose("model=gan", "dataset=ring8", *tiny("seed=7"))
-        runs.append(train(cfg, tmp_path / str(k)))
-        runs[-1].pop("wall_s")
+        result = train(cfg, tmp_path / str(k))
+        runs.append({k: v for k, v in result.items() if k != "wall_s" and not k.startswith("Perf/")})  # timings vary
     assert runs[0] == runs[1]
 
 

@@ -1,0 +1,57 @@
+"""`ganlab sample`: samples from a trained run's generator into an .npz file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ganlab.checkpoint import load_checkpoint
+from ganlab.errors import GanlabError
+from ganlab.models import generate, load_generator
+from ganlab.train import resolve_device
+
+
+def checkpoint_path(run: str, which) -> Path:
+    path = Path(str(run)).expanduser()
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise GanlabError(f"run={run}: no such run dir or checkpoint; give a run dir of `ganlab train`.")
+    name = "last.pt" if str(which) == "last" else f"step_{int(which):08d}.pt"
+    ckpt = path / "checkpoints" / name
+    if not ckpt.is_file():
+        have = ", ".join(sorted(p.name for p in (path / "checkpoints").glob("*.pt"))) or "none"
+        raise GanlabError(f"{ckpt} does not exist (checkpoints there: {have}); pick one with checkpoint=last or a step.")
+    return ckpt
+
+
+def to_uint8_nhwc(x: torch.Tensor) -> np.ndarray:
+    """[-1, 1] N x C x H x W -> uint8 N x H x W x C, rounded like torchvision's save_image."""
+    return x.clamp(-1, 1).add(1).mul(127.5).add(0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def sample_run(cfg) -> Path:
+    if cfg.n is None or int(cfg.n) <= 0:
+        raise GanlabError(f"n={cfg.n} is not valid: it must be an integer > 0.")
+    device = resolve_device(cfg.device)
+    state = load_checkpoint(checkpoint_path(cfg.run, cfg.checkpoint))
+    g = load_generator(state, ema=bool(cfg.ema), device=device)
+    labels = cfg.labels
+    if labels is not None:
+        labels = [int(labels)] * int(cfg.n) if isinstance(labels, int) else [int(v) for v in labels]
+    gen = torch.Generator().manual_seed(int(cfg.seed))
+    x, y = generate(g, None if labels is not None else int(cfg.n), labels=labels, generator=gen, device=device,
+                    batch_size=int(cfg.batch_size))
+    arrays = {"arr_0": to_uint8_nhwc(x) if x.dim() == 4 else x.float().cpu().numpy()}
+    if y is not None:
+        arrays["labels"] = y.cpu().numpy().astype(np.int64)
+    out = Path(str(cfg.out)).expanduser()
+    if out.suffix != ".npz":
+        raise GanlabError(f"out={cfg.out}: give a file name ending in .npz.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, **arrays)
+    print(f"{len(x)} samples ({'x'.join(map(str, arrays['arr_0'].shape[1:]))}, {arrays['arr_0'].dtype}) "
+          f"from {state['config']['model']['name']} step {state['step']} -> {out}")
+    return out

@@ -1,0 +1,110 @@
+"""Sweeps: parallel jobs with the joblib launcher, submitit_local, an Optuna search that survives a
+failed trial, TensorBoard HParams read back from the event files, and `ganlab report`."""
+
+import csv
+import io
+import json
+
+import pytest
+import yaml
+
+from conftest import read_events, run_cli
+
+pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="needs the sweeps extra: pip install -e .[sweeps]")
+
+
+@pytest.fixture(scope="module")
+def joblib_sweep(tmp_path_factory):
+    """Must-show 1: `ganlab train -m hydra/launcher=joblib model=gan,wgan_gp dataset=ring8 train.steps=50`."""
+    root = tmp_path_factory.mktemp("joblib")
+    out = run_cli("train", "-m", "hydra/launcher=joblib", "model=gan,wgan_gp", "dataset=ring8", "train.steps=50",
+                  "device=cpu", f"hydra.sweep.dir={root / 'sweep'}", cwd=root)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return root / "sweep"
+
+
+def _status(run):
+    return json.loads((run / "status.json").read_text())
+
+
+def test_joblib_runs_the_jobs_in_parallel_processes_with_split_threads(joblib_sweep):
+    runs = sorted(p for p in joblib_sweep.iterdir() if p.is_dir())
+    assert [p.name for p in runs] == ["0_dataset=ring8,model=gan,train.steps=50",
+                                      "1_dataset=ring8,model=wgan_gp,train.steps=50"]
+    a, b = (_status(r) for r in runs)
+    assert a["status"] == b["status"] == "ok"
+    assert a["pid"] != b["pid"]  # two worker processes
+    assert a["started"] < b["ended"] and b["started"] < a["ended"]  # at the same time
+    assert a["threads"] == b["threads"] == 1  # n_jobs=-1: the cores are split, not oversubscribed
+
+
+def test_report_lists_every_run_with_its_metrics(joblib_sweep, tmp_path):
+    out = run_cli("report", str(joblib_sweep), "--format", "json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"ok"}
+    for row in rows:
+        assert row["steps"] == "50/50" and "Loss/D" in row and "Metrics/modes_captured" in row
+    table = run_cli("report", str(joblib_sweep), cwd=tmp_path)
+    assert table.returncode == 0 and "2 runs" in table.stdout and "wgan_gp" in table.stdout and "ok" in table.stdout
+    sorted_csv = run_cli("report", str(joblib_sweep), "--format", "csv", "--sort", "Loss/penalty", cwd=tmp_path)
+    first = list(csv.DictReader(io.StringIO(sorted_csv.stdout)))[0]
+    assert "wgan_gp" in first["run"]  # the only run with a penalty sorts first
+    bad = run_cli("report", str(joblib_sweep), "--sort", "FID", cwd=tmp_path)
+    assert bad.returncode == 2 and "no run has that column" in bad.stderr
+
+
+def test_hparams_are_read_back_from_the_event_files(joblib_sweep):
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    seen = {}
+    for run in sorted(p for p in joblib_sweep.iterdir() if p.is_dir()):
+        content = read_events(run / "tb").PluginTagToContent("hparams")
+        start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+        experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
+        hp = {k: v.string_value or v.number_value for k, v in start.session_start_info.hparams.items()}
+        metrics = {m.name.tag for m in experiment.experiment.metric_infos}
+        assert {"Loss/D", "Loss/G", "Metrics/reverse_kl"} <= metrics
+        seen[hp["model"]] = hp
+    assert set(seen) == {"gan", "wgan_gp"}
+    assert seen["wgan_gp"]["loss"] == "wasserstein" and seen["gan"]["loss"] == "nonsaturating"
+    assert seen["gan"]["train.steps"] == 50
+
+
+def test_optuna_search_survives_a_failed_trial_and_the_report_shows_the_best(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "optuna"
+    out = run_cli("train", "-m", "hparams_search=ring8_optuna", "train.steps=60", "hydra.sweeper.n_trials=4",
+                  "train.n_critic=choice(0,1)", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    statuses = {p.name: _status(p)["status"] for p in sweep.iterdir() if p.is_dir()}
+    assert len(statuses) == 4
+    assert "failed" in statuses.values() and "ok" in statuses.values(), statuses
+    assert out.returncode == 1 and "job(s) of the sweep failed" in out.stderr  # the study itself finished
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_value"]
+    report = run_cli("report", str(sweep), "--sort", "Metrics/reverse_kl", "--format", "json", cwd=tmp_path)
+    rows = json.loads(report.stdout)
+    assert rows[0]["Metrics/reverse_kl"] == pytest.approx(best)
+    assert [r["status"] for r in rows][-1] == "failed"
+    assert any("train.n_critic=0 is not valid" in r["error"] for r in rows)
+
+
+def test_submitit_local_runs_a_job(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep = tmp_path / "submitit"
+    out = run_cli("train", "-m", "hydra/launcher=submitit_local", "model=gan", "dataset=ring8", "train.steps=10",
+                  "hydra.launcher.timeout_min=5", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    (run,) = [p for p in sweep.iterdir() if p.is_dir() and p.name[0].isdigit()]
+    assert _status(run)["status"] == "ok" and (run / "checkpoints" / "last.pt").is_file()
+
+
+def test_a_failed_job_is_in_the_report_with_its_reason(tmp_path):
+    sweep = tmp_path / "sweep"
+    out = run_cli("train", "-m", "model=dcgan,gan", "dataset=ring8", "train.steps=5", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert out.returncode == 1
+    rows = json.loads(run_cli("report", str(sweep), "--format", "json", cwd=tmp_path).stdout)
+    by_status = {r["status"]: r for r in rows}
+    assert set(by_status) == {"failed", "ok"}
+    assert "cannot train on points data" in by_status["failed"]["error"]
+    md = run_cli("report", str(sweep), "--format", "markdown", cwd=tmp_path).stdout
+    assert md.startswith("| run | overrides | status |") and "failed" in md
