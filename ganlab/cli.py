@@ -19,6 +19,7 @@ commands:
   train    train a GAN: ganlab train model=wgan_gp dataset=mnist train.steps=2000
            (Hydra app: --help, --cfg job, -m/--multirun sweeps, --info, -sc shell completion)
   sample   samples of a trained run: ganlab sample run=RUN_DIR n=10000 out=samples.npz [labels=3] [ema=false]
+  eval     metrics of a run or an .npz vs real data: ganlab eval target=RUN_DIR [n=2000] [features=pixels]
   report   one row per run of a sweep or of outputs/: ganlab report DIR [--sort METRIC] [--format F]
 
 config groups (conf/): dataset, model, loss, optimizer, penalty
@@ -260,13 +261,36 @@ def sample_cli(args: list[str]) -> int:
     return 0
 
 
+def _eval_task(cfg):
+    from ganlab.evaluate import evaluate
+
+    try:
+        evaluate(cfg)
+    except GanlabError as exc:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        _report_error(str(exc))
+        sys.exit(2)
+
+
+def eval_cli(args: list[str]) -> int:
+    import hydra
+
+    from ganlab.config import config_dir
+
+    main = hydra.main(config_path=config_dir(), config_name="eval", version_base="1.3")(_eval_task)
+    sys.argv = ["ganlab", *_quote_paths(args, ("target", "out", "inception_weights", "dataset.root"))]
+    main()
+    return 0
+
+
 def report_cli(args: list[str]) -> int:
     from ganlab.report import main as report_main
 
     return report_main(args)
 
 
-COMMANDS = {"train": train_cli, "sample": sample_cli, "report": report_cli}
+COMMANDS = {"train": train_cli, "sample": sample_cli, "eval": eval_cli, "report": report_cli}
 
 
 def main(argv: list[str] | None = None) -> None:

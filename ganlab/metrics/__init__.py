@@ -1,7 +1,8 @@
-"""Metrics. A registry: one name, one function."""
+"""Metrics: a registry, one name -> one function of (fake, real) features (mixture: of 2D samples)."""
 
+from ganlab.metrics.distances import fd, frechet_distance, gaussian_stats, kid, prdc
 from ganlab.metrics.mixture import mixture_metrics
 
-METRICS = {"mixture": mixture_metrics}
+METRICS = {"fd": fd, "kid": kid, "prdc": prdc}
 
-__all__ = ["METRICS", "mixture_metrics"]
+__all__ = ["METRICS", "fd", "frechet_distance", "gaussian_stats", "kid", "mixture_metrics", "prdc"]

@@ -1,0 +1,183 @@
+"""`ganlab eval`: metrics of generated samples (a run's generator or an .npz) against real data.
+
+Every number is written with how it was made (features and a hash of their weights, sample
+counts, the reference data, resizing, grey-to-RGB), so numbers made under different protocols are
+never silently compared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from ganlab.errors import GanlabError
+from ganlab.metrics import METRICS, mixture_metrics
+
+TORCHVISION_INCEPTION = "inception_v3_google-0cc3c7bd.pth"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def inception_features(weights: str | None, device: torch.device):
+    """(extract(x in [-1, 1]) -> N x 2048 pool features, protocol dict), from LOCAL weights only."""
+    import torchvision
+
+    candidates = [Path(weights).expanduser()] if weights else []
+    candidates.append(Path(torch.hub.get_dir()) / "checkpoints" / TORCHVISION_INCEPTION)
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        raise GanlabError(
+            "Inception weights are not available offline (looked for " + ", ".join(str(p) for p in candidates)
+            + "). Copy torchvision's inception_v3 weights (" + TORCHVISION_INCEPTION + ") there or pass "
+            "inception_weights=PATH; or score in pixel space with features=pixels."
+        )
+    net = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False)
+    try:
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as exc:
+        raise GanlabError(f"{path} is not torchvision inception_v3 weights ({type(exc).__name__}); "
+                          "give the right file with inception_weights=PATH.") from None
+    net.fc = torch.nn.Identity()
+    net = net.eval().to(device)
+    mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225], device=device).view(1, 3, 1, 1)
+
+    @torch.no_grad()
+    def extract(x: torch.Tensor) -> torch.Tensor:
+        out = []
+        for chunk in x.split(100):
+            chunk = chunk.to(device)
+            if chunk.shape[1] == 1:
+                chunk = chunk.repeat(1, 3, 1, 1)
+            chunk = torch.nn.functional.interpolate((chunk + 1) / 2, size=(299, 299), mode="bilinear",
+                                                   align_corners=False, antialias=True)
+            out.append(net((chunk - mean) / std).double().cpu())
+        return torch.cat(out)
+
+    return extract, {"features": "torchvision inception_v3 (IMAGENET1K_V1) pool3, 2048-d; NOT the TF-FID "
+                     "Inception: not comparable with published FIDs", "weights": str(path),
+                     "weights_sha256": _sha256(path), "resize": "bilinear antialiased to 299x299",
+                     "grayscale_to_rgb": "channel repeated 3x", "normalisation": "ImageNet mean/std"}
+
+
+def _real_samples(dataset_cfg, n: int, seed: int):
+    try:
+        source = instantiate(dataset_cfg)
+    except Exception as exc:
+        cause = exc
+        while cause is not None and not isinstance(cause, GanlabError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise cause from None
+        raise
+    g = torch.Generator().manual_seed(seed)
+    if source.kind == "points":
+        x, _ = source.sample(n, g, torch.device("cpu"))
+        return source, x
+    if source.in_memory:
+        x, _ = source.load()
+    else:
+        ds = source.dataset()
+        x = torch.stack([ds[i][0] for i in range(min(len(ds), n))])
+    idx = torch.randperm(len(x), generator=g)[:n]
+    return source, x[idx].float() / 127.5 - 1
+
+
+def _fake_from_npz(path: Path) -> torch.Tensor:
+    try:
+        arr = np.load(path)["arr_0"]
+    except Exception as exc:
+        raise GanlabError(f"{path} is not an .npz of samples with arr_0 ({type(exc).__name__}); "
+                          "make one with ganlab sample.") from None
+    if arr.dtype == np.uint8 and arr.ndim == 4:
+        return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1
+    if arr.ndim == 2:
+        return torch.from_numpy(arr.astype(np.float32))
+    raise GanlabError(f"{path}: arr_0 has shape {arr.shape} and dtype {arr.dtype}; expected uint8 N x H x W x C "
+                      "images or float N x 2 points.")
+
+
+def evaluate(cfg) -> dict:
+    from ganlab.checkpoint import load_checkpoint
+    from ganlab.models import generate, load_generator
+    from ganlab.sample import checkpoint_path
+    from ganlab.train import resolve_device
+
+    device = resolve_device(cfg.device)
+    target = Path(str(cfg.target)).expanduser()
+    unknown = [m for m in cfg.metrics if m not in METRICS]
+    if unknown:
+        raise GanlabError(f"metrics: {', '.join(unknown)} unknown; choose from {', '.join(METRICS)}.")
+    if target.suffix == ".npz":
+        if not target.is_file():
+            raise GanlabError(f"target={target}: no such file.")
+        if cfg.get("dataset") is None:
+            raise GanlabError("an .npz target needs the reference data: add dataset=NAME (and dataset.root=DIR).")
+        fake = _fake_from_npz(target)
+        dataset_cfg, source_desc = cfg.dataset, "npz"
+        out = Path(cfg.out) if cfg.out else target.with_suffix(".metrics.json")
+    else:
+        state = load_checkpoint(checkpoint_path(str(target), cfg.checkpoint))
+        g = load_generator(state, ema=bool(cfg.ema), device=device)
+        fake, _ = generate(g, int(cfg.n), generator=torch.Generator().manual_seed(int(cfg.seed) + 7), device=device)
+        fake = fake.float().cpu()
+        dataset_cfg = cfg.dataset if cfg.get("dataset") is not None else OmegaConf.create(state["config"]["dataset"])
+        source_desc = f"{state['config']['model']['name']} step {state['step']} ({'EMA' if cfg.ema and state.get('generator_ema') else 'raw'} weights)"
+        out = Path(cfg.out) if cfg.out else (target if target.is_dir() else target.parent) / "metrics.json"
+    source, real = _real_samples(dataset_cfg, int(cfg.n), int(cfg.seed))
+    if min(len(fake), len(real)) < 10:
+        raise GanlabError(f"too few samples to score ({len(fake)} generated, {len(real)} real); use n >= 10 "
+                          "(thousands for numbers worth reporting).")
+    if tuple(real.shape[1:]) != tuple(fake.shape[1:]):
+        raise GanlabError(f"the samples are {tuple(fake.shape[1:])} but {source.name} gives {tuple(real.shape[1:])}; "
+                          "compare against the dataset (and resolution) the model was trained on.")
+
+    features = cfg.features
+    if features == "auto":
+        features = "coordinates" if source.kind == "points" else "inception"
+    protocol = {"n_fake": len(fake), "n_real": len(real), "generated_by": source_desc,
+                "reference": {"dataset": source.name, "split": dataset_cfg.get("split", "sampled"),
+                              "root": str(dataset_cfg.get("root", "")), "seed": int(cfg.seed)}}
+    if features == "inception":
+        extract, info = inception_features(cfg.inception_weights, device)
+        f_fake, f_real = extract(fake), extract(real)
+        protocol.update(info)
+    elif features in ("pixels", "coordinates"):
+        f_fake, f_real = fake.flatten(1).double(), real.flatten(1).double()
+        protocol.update({"features": f"raw {features} in [-1, 1]" if features == "pixels" else "raw 2D coordinates",
+                         "weights_sha256": None, "resize": "none", "grayscale_to_rgb": "none"})
+    else:
+        raise GanlabError(f"features={features} is not valid: use auto, inception or pixels.")
+
+    results: dict = {}
+    for name in cfg.metrics:
+        results.update(METRICS[name](f_fake, f_real))
+    if source.kind == "points":
+        results.update(mixture_metrics(fake, source.modes, source.std))
+    record = {"target": str(target), "metrics": results, "protocol": protocol}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{target.name}: {len(fake)} samples vs {len(real)} of {source.name} ({protocol['features']})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in results.items():
+        table.add_row(k, f"{v:.6g}" if isinstance(v, float) else str(v))
+    Console().print(table)
+    print(f"metrics.json: {out}")
+    return record
