@@ -108,3 +108,14 @@ def test_a_failed_job_is_in_the_report_with_its_reason(tmp_path):
     assert "cannot train on points data" in by_status["failed"]["error"]
     md = run_cli("report", str(sweep), "--format", "markdown", cwd=tmp_path).stdout
     assert md.startswith("| run | overrides | status |") and "failed" in md
+
+
+def test_a_diverging_job_is_recorded_as_diverged_and_the_sweep_goes_on(tmp_path):
+    sweep = tmp_path / "sweep"
+    out = run_cli("train", "-m", "model=wgan_gp", "dataset=ring8", "penalty=none", "train.n_critic=1",
+                  "optimizer.lr=1e-4,1e8", "train.steps=20", "train.log_every=5", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert out.returncode == 1 and "job(s) of the sweep failed" in out.stderr
+    rows = json.loads(run_cli("report", str(sweep), "--format", "json", cwd=tmp_path).stdout)
+    by_lr = {("1e8" if "optimizer.lr=100000000.0" in r["run"] else "1e-4"): r for r in rows}
+    assert by_lr["1e8"]["status"] == "diverged" and "NaN/Inf at step" in by_lr["1e8"]["error"]
+    assert by_lr["1e-4"]["status"] == "ok" and by_lr["1e-4"]["steps"] == "20/20"
