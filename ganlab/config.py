@@ -89,6 +89,22 @@ def validate(cfg: DictConfig) -> None:
     if t.clip_d is not None:
         _positive(t.clip_d, "train.clip_d", integer=False)
 
+    ev = cfg.eval
+    if ev.every is not None:
+        _positive(ev.every, "eval.every")
+    _positive(ev.n, "eval.n")
+    if ev.n < 10:
+        raise GanlabError(f"eval.n={ev.n} is too small to score: use at least 10 (thousands for real numbers).")
+    if ev.mode not in ("min", "max"):
+        raise GanlabError(f"eval.mode={ev.mode!r} is not valid: use min or max.")
+    from ganlab.metrics import METRICS
+
+    unknown = [m for m in ev.metrics if m not in METRICS]
+    if unknown:
+        raise GanlabError(f"eval.metrics: {', '.join(map(str, unknown))} unknown; choose from {', '.join(METRICS)}.")
+    if ev.features not in ("auto", "inception", "pixels"):
+        raise GanlabError(f"eval.features={ev.features!r} is not valid: use auto, inception or pixels.")
+
     tr = cfg.tricks
     for key in ("label_smoothing", "flip_labels"):
         if not isinstance(tr[key], (int, float)) or isinstance(tr[key], bool) or not 0 <= tr[key] < 1:

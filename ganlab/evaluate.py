@@ -72,7 +72,40 @@ def inception_features(weights: str | None, device: torch.device):
                      "grayscale_to_rgb": "channel repeated 3x", "normalisation": "ImageNet mean/std"}
 
 
-def _real_samples(dataset_cfg, n: int, seed: int):
+class Scorer:
+    """Scores generated samples against a fixed real reference set: features extracted once for the
+    reals, then `scorer(fake) -> {metric: value}`. Used by `ganlab eval` and during training."""
+
+    def __init__(self, source, real: torch.Tensor, metrics: list[str], features: str = "auto",
+                 inception_weights: str | None = None, device=torch.device("cpu")):
+        unknown = [m for m in metrics if m not in METRICS]
+        if unknown:
+            raise GanlabError(f"metrics: {', '.join(unknown)} unknown; choose from {', '.join(METRICS)}.")
+        if features == "auto":
+            features = "coordinates" if source.kind == "points" else "inception"
+        self.source, self.metrics = source, metrics
+        if features == "inception":
+            self.extract, info = inception_features(inception_weights, device)
+        elif features in ("pixels", "coordinates"):
+            self.extract = lambda x: x.detach().flatten(1).double().cpu()
+            info = {"features": f"raw {features} in [-1, 1]" if features == "pixels" else "raw 2D coordinates",
+                    "weights_sha256": None, "resize": "none", "grayscale_to_rgb": "none"}
+        else:
+            raise GanlabError(f"features={features} is not valid: use auto, inception or pixels.")
+        self.protocol = {**info, "n_real": len(real)}
+        self.real_features = self.extract(real)
+
+    def __call__(self, fake: torch.Tensor) -> dict:
+        f_fake = self.extract(fake)
+        results: dict = {}
+        for name in self.metrics:
+            results.update(METRICS[name](f_fake, self.real_features))
+        if self.source.kind == "points":
+            results.update(mixture_metrics(fake, self.source.modes, self.source.std))
+        return results
+
+
+def real_samples(dataset_cfg, n: int, seed: int):
     try:
         source = instantiate(dataset_cfg)
     except Exception as exc:
@@ -117,9 +150,6 @@ def evaluate(cfg) -> dict:
 
     device = resolve_device(cfg.device)
     target = Path(str(cfg.target)).expanduser()
-    unknown = [m for m in cfg.metrics if m not in METRICS]
-    if unknown:
-        raise GanlabError(f"metrics: {', '.join(unknown)} unknown; choose from {', '.join(METRICS)}.")
     if target.suffix == ".npz":
         if not target.is_file():
             raise GanlabError(f"target={target}: no such file.")
@@ -135,8 +165,10 @@ def evaluate(cfg) -> dict:
         fake = fake.float().cpu()
         dataset_cfg = cfg.dataset if cfg.get("dataset") is not None else OmegaConf.create(state["config"]["dataset"])
         source_desc = f"{state['config']['model']['name']} step {state['step']} ({'EMA' if cfg.ema and state.get('generator_ema') else 'raw'} weights)"
-        out = Path(cfg.out) if cfg.out else (target if target.is_dir() else target.parent) / "metrics.json"
-    source, real = _real_samples(dataset_cfg, int(cfg.n), int(cfg.seed))
+        # beside the run's own metrics.json (written by training), never over it
+        out = Path(cfg.out) if cfg.out else ((target if target.is_dir() else target.parent)
+                                             / "eval" / str(cfg.checkpoint) / "metrics.json")
+    source, real = real_samples(dataset_cfg, int(cfg.n), int(cfg.seed))
     if min(len(fake), len(real)) < 10:
         raise GanlabError(f"too few samples to score ({len(fake)} generated, {len(real)} real); use n >= 10 "
                           "(thousands for numbers worth reporting).")
@@ -144,28 +176,11 @@ def evaluate(cfg) -> dict:
         raise GanlabError(f"the samples are {tuple(fake.shape[1:])} but {source.name} gives {tuple(real.shape[1:])}; "
                           "compare against the dataset (and resolution) the model was trained on.")
 
-    features = cfg.features
-    if features == "auto":
-        features = "coordinates" if source.kind == "points" else "inception"
-    protocol = {"n_fake": len(fake), "n_real": len(real), "generated_by": source_desc,
+    scorer = Scorer(source, real, list(cfg.metrics), cfg.features, cfg.inception_weights, device)
+    results = scorer(fake)
+    protocol = {**scorer.protocol, "n_fake": len(fake), "generated_by": source_desc,
                 "reference": {"dataset": source.name, "split": dataset_cfg.get("split", "sampled"),
                               "root": str(dataset_cfg.get("root", "")), "seed": int(cfg.seed)}}
-    if features == "inception":
-        extract, info = inception_features(cfg.inception_weights, device)
-        f_fake, f_real = extract(fake), extract(real)
-        protocol.update(info)
-    elif features in ("pixels", "coordinates"):
-        f_fake, f_real = fake.flatten(1).double(), real.flatten(1).double()
-        protocol.update({"features": f"raw {features} in [-1, 1]" if features == "pixels" else "raw 2D coordinates",
-                         "weights_sha256": None, "resize": "none", "grayscale_to_rgb": "none"})
-    else:
-        raise GanlabError(f"features={features} is not valid: use auto, inception or pixels.")
-
-    results: dict = {}
-    for name in cfg.metrics:
-        results.update(METRICS[name](f_fake, f_real))
-    if source.kind == "points":
-        results.update(mixture_metrics(fake, source.modes, source.std))
     record = {"target": str(target), "metrics": results, "protocol": protocol}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")

@@ -19,11 +19,11 @@ def checkpoint_path(run: str, which) -> Path:
         return path
     if not path.is_dir():
         raise GanlabError(f"run={run}: no such run dir or checkpoint; give a run dir of `ganlab train`.")
-    name = "last.pt" if str(which) == "last" else f"step_{int(which):08d}.pt"
+    name = f"{which}.pt" if str(which) in ("last", "best") else f"step_{int(which):08d}.pt"
     ckpt = path / "checkpoints" / name
     if not ckpt.is_file():
         have = ", ".join(sorted(p.name for p in (path / "checkpoints").glob("*.pt"))) or "none"
-        raise GanlabError(f"{ckpt} does not exist (checkpoints there: {have}); pick one with checkpoint=last or a step.")
+        raise GanlabError(f"{ckpt} does not exist (checkpoints there: {have}); pick one with checkpoint=last, best or a step.")
     return ckpt
 
 

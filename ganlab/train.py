@@ -7,6 +7,7 @@ frozen. Nothing is copied to the host between logging steps: running sums stay o
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -21,12 +22,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from ganlab.checkpoint import load_checkpoint, write_checkpoints
+from ganlab.checkpoint import load_checkpoint, save_checkpoint, write_checkpoints
 from ganlab.config import validate
 from ganlab.data import build_batches
 from ganlab.errors import DivergedError, GanlabError
 from ganlab.losses import get_loss, get_penalty
-from ganlab.metrics import mixture_metrics
+from ganlab.evaluate import Scorer, real_samples
 from ganlab.models import build_models, generate, resolve_backbone, sample_z
 from ganlab.monitor import Monitor
 from ganlab.tricks import EMA, add_instance_noise, clip_weights, d_targets, instance_noise_std, uses_label_tricks
@@ -241,7 +242,7 @@ def train(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, on_start=
     real_target, fake_target = (1.0, 0.0) if not loss.targets else (
         d_kw.get(loss.targets[0], 1.0), d_kw.get(loss.targets[1], 0.0))
 
-    start_step = 0
+    start_step, resumed_best = 0, {}
     if state is not None:
         try:
             g.load_state_dict(state["generator"])
@@ -262,6 +263,7 @@ def train(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, on_start=
             raise GanlabError(f"the checkpoint in {ckpt_dir} does not fit this run ({str(exc).splitlines()[0][:200]}); "
                               "resume with the run's own settings or start a new run.") from None
         start_step = int(state["step"])
+        resumed_best = state.get("best") or {}
         if start_step >= t.steps:
             raise GanlabError(f"the run in {run_dir} is already at step {start_step} (train.steps={t.steps}); "
                               f"pass a larger train.steps to continue it.")
@@ -315,21 +317,55 @@ def train(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, on_start=
         return DivergedError(f"training diverged: a loss became NaN/Inf at step {bad}; {where}. Lower the learning "
                            "rate (optimizer.lr), change the loss, or set train.on_nan=skip.")
 
-    def checkpoint(at_step: int) -> None:
-        nonlocal last_ckpt_step
-        # never replace a good checkpoint with a diverged one (one sync, on checkpoint steps only)
+    def training_state(at_step: int) -> dict:
+        # never write a diverged state (one sync, on checkpoint steps only)
         finite = torch.isfinite(torch.stack(torch._foreach_norm(all_params))).all() & (first_bad == 0)
         if not bool(finite):
             raise diverged(at_step)
-        write_checkpoints({
+        return {
             "generator": g.state_dict(), "discriminator": d.state_dict(),
             "generator_ema": ema.module.state_dict() if ema else None,
             "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "step": at_step,
             "scaler_d": scaler_d.state_dict(), "scaler_g": scaler_g.state_dict(),
             "config": OmegaConf.to_container(cfg, resolve=True),
             "rng": rng_state(device), "data": batches.state_dict(),
-        }, ckpt_dir, at_step, int(t.keep_ckpts))
+            "best": dict(best),
+        }
+
+    def checkpoint(at_step: int) -> None:
+        nonlocal last_ckpt_step
+        write_checkpoints(training_state(at_step), ckpt_dir, at_step, int(t.keep_ckpts))
         last_ckpt_step = at_step
+
+    def evaluate_now(at_step: int) -> dict:
+        """Score eval.n samples of G (EMA when kept); keep checkpoints/best.pt by eval.monitor."""
+        fake, _ = generate(ema.module if ema else g, int(ev.n), device=device,
+                           generator=torch.Generator().manual_seed(cfg.seed + 4))
+        scores = {f"Metrics/{k}": float(v) for k, v in scorer(fake.float()).items() if k not in ("n_samples", "n_modes")}
+        monitor.scalars(at_step, scores)
+        if ev.monitor:
+            if ev.monitor not in scores:
+                raise GanlabError(f"eval.monitor={ev.monitor} is not among the metrics ({', '.join(scores)}).")
+            value = scores[ev.monitor]
+            if best.get("value") is None or (value < best["value"] if ev.mode == "min" else value > best["value"]):
+                best.update(step=at_step, value=value, monitor=ev.monitor)
+                save_checkpoint(training_state(at_step), ckpt_dir / "best.pt")
+        return scores
+
+    ev = cfg.eval
+    scorer, protocol = None, {}
+    if ev.every or source.kind == "points":
+        features = ev.features
+        if features == "auto" and source.kind == "image":
+            features = "inception" if ev.inception_weights else "pixels"
+        _, real_ref = real_samples(cfg.dataset, int(ev.n), cfg.seed + 3)
+        scorer = Scorer(source, real_ref, list(ev.metrics), features, ev.inception_weights, device)
+        protocol = {**scorer.protocol, "n_fake": int(ev.n), "generated_by": "EMA weights" if ema else "raw weights",
+                    "reference": {"dataset": source.name, "split": cfg.dataset.get("split", "sampled"),
+                                  "seed": cfg.seed + 3}}
+    best: dict = {"step": None, "value": None, "monitor": ev.monitor}
+    if start_step and resumed_best:
+        best.update(resumed_best)
 
     def samples_to_tb(at_step: int) -> None:
         sampler = ema.module if ema else g
@@ -456,6 +492,8 @@ def train(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, on_start=
                     acc_steps, last_log_t, last_log_step = 0, now, step
                 if step % t.sample_every == 0 or final or stopping:
                     samples_to_tb(step)
+                if scorer is not None and ev.every and step % ev.every == 0 and not final:
+                    evaluate_now(step)
                 if step % t.ckpt_every == 0 or final or stopping:
                     checkpoint(step)
                 if stopping and not final:
@@ -464,14 +502,11 @@ def train(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, on_start=
                     monitor.message(f"{why} at step {step}/{t.steps}: stopped with a checkpoint in "
                                     f"{ckpt_dir / 'last.pt'}; continue with resume=true hydra.run.dir={run_dir}")
                     break
-            if source.kind == "points" and last:  # mode coverage of the final G (VEEGAN/PacGAN protocol)
-                samples, _ = generate(ema.module if ema else g, 2500, device=device,
-                                      generator=torch.Generator().manual_seed(cfg.seed + 2))
-                coverage = mixture_metrics(samples, source.modes, source.std)
-                metrics = {f"Metrics/{k}": float(coverage[k]) for k in
-                           ("modes_captured", "modes_captured_strict", "high_quality", "reverse_kl")}
-                monitor.scalars(step, metrics)
+            if scorer is not None and last:  # the final G, scored; metrics.json says how
+                metrics = evaluate_now(step)
                 last.update(metrics)
+                (run_dir / "metrics.json").write_text(json.dumps(
+                    {"step": step, "metrics": metrics, "best": best, "protocol": protocol}, indent=2) + "\n")
             if hparams and last:
                 monitor.hparams(hparams, {k: v for k, v in last.items() if k.startswith(("Loss/", "D/", "Metrics/"))})
         finally:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ganlab.metrics import fd, frechet_distance, kid, prdc
-from conftest import run_cli
+from conftest import read_events, run_cli
 
 
 def test_frechet_distance_of_two_gaussians_matches_the_closed_form():
@@ -63,7 +63,10 @@ def test_sample_then_eval_round_trip(ring_run, tmp_path):
     assert p["n_fake"] == 400 and p["features"] == "raw 2D coordinates" and p["reference"]["dataset"] == "ring8"
     direct = run_cli("eval", f"target={ring_run}", "n=400", cwd=tmp_path)
     assert direct.returncode == 0, direct.stderr
-    assert json.loads((ring_run / "metrics.json").read_text())["protocol"]["generated_by"].startswith("gan step 20")
+    assert json.loads((ring_run / "eval" / "last" / "metrics.json").read_text())["protocol"]["generated_by"].startswith("gan step 20")
+    # the run's own metrics.json (from training: ring8 runs are scored at the end) is left as it was
+    trained = json.loads((ring_run / "metrics.json").read_text())
+    assert trained["step"] == 20 and "Metrics/modes_captured" in trained["metrics"]
 
 
 def test_real_samples_score_as_the_real_distribution(tmp_path):
@@ -99,3 +102,20 @@ def test_eval_of_an_npz_needs_a_reference(tmp_path):
     np.savez(tmp_path / "p.npz", arr_0=np.zeros((20, 2), np.float32))
     out = run_cli("eval", f"target={tmp_path / 'p.npz'}", cwd=tmp_path)
     assert out.returncode == 2 and "needs the reference data" in out.stderr
+
+
+def test_in_training_evaluation_keeps_the_best_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    out = run_cli("train", "model=gan", "dataset=ring8", "device=cpu", "train.steps=60", "eval.every=20", "eval.n=500",
+                  "eval.monitor=Metrics/fd", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    record = json.loads((run / "metrics.json").read_text())
+    best = record["best"]
+    assert best["monitor"] == "Metrics/fd" and best["step"] in (20, 40, 60)
+    fds = {e.step: e.value for e in read_events(run / "tb").Scalars("Metrics/fd")}
+    assert sorted(fds) == [20, 40, 60] and fds[best["step"]] == pytest.approx(min(fds.values()), rel=1e-6)
+    state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert state["step"] == best["step"]
+    assert record["protocol"]["features"] == "raw 2D coordinates" and record["protocol"]["n_fake"] == 500
+    sample = run_cli("sample", f"run={run}", "checkpoint=best", "n=5", f"out={tmp_path / 'b.npz'}", cwd=tmp_path)
+    assert sample.returncode == 0 and f"step {best['step']}" in sample.stdout
