@@ -27,12 +27,18 @@ def config_dir() -> str:
     )
 
 
+_EXAMPLES = {"optimizer.lr": "2e-4", "optimizer.lr_g": "1e-4", "optimizer.lr_d": "4e-4", "train.max_minutes": "60",
+             "model.init_std": "0.02", "penalty.weight": "10", "train.clip_d": "0.01", "train.batch_size": "64",
+             "model.z_dim": "100", "model.width": "64", "tricks.instance_noise": "0.1"}
+
+
 def _positive(value, name: str, *, integer: bool = True, allow_zero: bool = False) -> None:
     kind = "an integer" if integer else "a number"
     ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
     if isinstance(value, bool) or not ok_type or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
-        raise GanlabError(f"{name}={value!r} is not valid: it must be {kind} {bound} (e.g. {name}=1).")
+        example = _EXAMPLES.get(name, "1")
+        raise GanlabError(f"{name}={value!r} is not valid: it must be {kind} {bound} (e.g. {name}={example}).")
 
 
 def validate(cfg: DictConfig) -> None:
