@@ -238,50 +238,37 @@ def train_cli(args: list[str]) -> int:
     return 0
 
 
-def _sample_task(cfg):
-    from ganlab.sample import sample_run
+def _hydra_command(config_name: str, run, args: list[str], path_keys: tuple[str, ...]) -> int:
+    """A Hydra app over conf/<config_name>.yaml whose task is `run(cfg)`; user errors end in one message."""
+    import hydra
 
-    try:
-        sample_run(cfg)
-    except GanlabError as exc:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        _report_error(str(exc))
-        sys.exit(2)
+    from ganlab.config import config_dir
+
+    def task(cfg):
+        try:
+            run(cfg)
+        except GanlabError as exc:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            _report_error(str(exc))
+            sys.exit(2)
+
+    main = hydra.main(config_path=config_dir(), config_name=config_name, version_base="1.3")(task)
+    sys.argv = ["ganlab", *_quote_paths(args, path_keys)]
+    main()
+    return 0
 
 
 def sample_cli(args: list[str]) -> int:
-    import hydra
+    from ganlab.sample import sample_run
 
-    from ganlab.config import config_dir
-
-    main = hydra.main(config_path=config_dir(), config_name="sample", version_base="1.3")(_sample_task)
-    sys.argv = ["ganlab", *_quote_paths(args, ("run", "out"))]
-    main()
-    return 0
-
-
-def _eval_task(cfg):
-    from ganlab.evaluate import evaluate
-
-    try:
-        evaluate(cfg)
-    except GanlabError as exc:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        _report_error(str(exc))
-        sys.exit(2)
+    return _hydra_command("sample", sample_run, args, ("run", "out"))
 
 
 def eval_cli(args: list[str]) -> int:
-    import hydra
+    from ganlab.evaluate import evaluate
 
-    from ganlab.config import config_dir
-
-    main = hydra.main(config_path=config_dir(), config_name="eval", version_base="1.3")(_eval_task)
-    sys.argv = ["ganlab", *_quote_paths(args, ("target", "out", "inception_weights", "dataset.root"))]
-    main()
-    return 0
+    return _hydra_command("eval", evaluate, args, ("target", "out", "inception_weights", "dataset.root"))
 
 
 def report_cli(args: list[str]) -> int:

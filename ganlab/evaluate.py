@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from ganlab.data.sources import build_source
 from ganlab.errors import GanlabError
 from ganlab.metrics import METRICS, mixture_metrics
 
@@ -106,15 +106,7 @@ class Scorer:
 
 
 def real_samples(dataset_cfg, n: int, seed: int):
-    try:
-        source = instantiate(dataset_cfg)
-    except Exception as exc:
-        cause = exc
-        while cause is not None and not isinstance(cause, GanlabError):
-            cause = cause.__cause__ or cause.__context__
-        if cause is not None:
-            raise cause from None
-        raise
+    source = build_source(dataset_cfg)
     g = torch.Generator().manual_seed(seed)
     if source.kind == "points":
         x, _ = source.sample(n, g, torch.device("cpu"))

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
 
 from ganlab.checkpoint import load_checkpoint, save_checkpoint, write_checkpoints
 from ganlab.config import validate
 from ganlab.data import build_batches
+from ganlab.data.sources import build_source
 from ganlab.errors import DivergedError, GanlabError
 from ganlab.losses import get_loss, get_penalty
 from ganlab.evaluate import Scorer, real_samples
@@ -166,20 +166,6 @@ def grad_norm(module: torch.nn.Module) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
-def _build_source(cfg: DictConfig):
-    try:
-        return instantiate(cfg.dataset)
-    except MissingMandatoryValue:
-        raise GanlabError(f"dataset={cfg.dataset.name} needs dataset.root=DIR (the folder that holds the data).") from None
-    except Exception as exc:  # Hydra wraps errors raised inside the target
-        cause = exc
-        while cause is not None and not isinstance(cause, GanlabError):
-            cause = cause.__cause__ or cause.__context__
-        if cause is not None:
-            raise cause from None
-        raise
-
-
 def train(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, on_start=None) -> dict:
     """Train G and D as `cfg` says; TensorBoard logs and checkpoints go to run_dir. Returns final scalars.
 
@@ -208,7 +194,7 @@ def train(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, on_start=
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
     seed_everything(cfg.seed)
 
-    source = _build_source(cfg)
+    source = build_source(cfg.dataset)
     backbone = resolve_backbone(cfg.model, source.kind)  # unsupported pairs fail before data is read
     g, d = build_models(cfg.model, source)
     g, d = g.to(device), d.to(device)

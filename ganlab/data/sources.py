@@ -26,6 +26,25 @@ _IDX_FILES = {
 _TORCHVISION = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10"}
 
 
+def build_source(dataset_cfg):
+    """The source a `dataset` config names (Hydra instantiate), with the user's error on top:
+    Hydra wraps errors raised inside targets, and a missing `root` gets one clear sentence."""
+    from hydra.utils import instantiate
+    from omegaconf.errors import MissingMandatoryValue
+
+    try:
+        return instantiate(dataset_cfg)
+    except MissingMandatoryValue:
+        raise GanlabError(f"dataset={dataset_cfg.name} needs dataset.root=DIR (the folder that holds the data).") from None
+    except Exception as exc:
+        cause = exc
+        while cause is not None and not isinstance(cause, GanlabError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise cause from None
+        raise
+
+
 def _check_split(split: str, allowed=("train", "test")) -> None:
     if split not in allowed:
         raise GanlabError(f"dataset.split={split!r} is not valid: use {' or '.join(allowed)}.")
