@@ -13,7 +13,7 @@ from ganlab.models import build_models
 from ganlab.models.base import MinibatchStdDev
 from ganlab.train import make_optimizers, train
 from ganlab.tricks import EMA, d_targets, instance_noise_std
-from conftest import compose, dataset_overrides, read_events
+from conftest import compose, read_events
 
 
 def tricks(**kw):
