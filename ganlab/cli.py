@@ -22,12 +22,12 @@ commands:
   eval     metrics of a run or an .npz vs real data: ganlab eval target=RUN_DIR [n=2000] [features=pixels]
   report   one row per run of a sweep or of outputs/: ganlab report DIR [--sort METRIC] [--format F]
 
-config groups (conf/): dataset, model, loss, optimizer, penalty, hparams_search
+config groups (conf/): dataset, model, loss, optimizer, penalty, experiment, hparams_search
   ganlab train --help      lists every option of every group
   ganlab train model=wgan_gp --cfg job    shows the composed recipe without running it
 """
 
-_GROUPS = ("model", "dataset", "loss", "optimizer", "penalty")
+_GROUPS = ("model", "dataset", "loss", "optimizer", "penalty", "experiment")
 _sweep_failures: list[str] = []
 
 

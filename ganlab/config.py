@@ -92,6 +92,10 @@ def validate(cfg: DictConfig) -> None:
     for key in ("spectral_norm", "conditional"):
         if not isinstance(m[key], bool):
             raise GanlabError(f"model.{key}={m[key]!r} is not valid: use true or false.")
+    if t.lr_decay_from is not None and (not isinstance(t.lr_decay_from, (int, float)) or isinstance(t.lr_decay_from, bool)
+                                        or not 0 <= t.lr_decay_from < 1):
+        raise GanlabError(f"train.lr_decay_from={t.lr_decay_from!r} is not valid: use a fraction in [0, 1) such as 0.7, "
+                          "or null for a constant learning rate.")
     if t.clip_d is not None:
         _positive(t.clip_d, "train.clip_d", integer=False)
 
@@ -105,11 +109,19 @@ def validate(cfg: DictConfig) -> None:
         raise GanlabError(f"eval.mode={ev.mode!r} is not valid: use min or max.")
     from ganlab.metrics import METRICS
 
-    unknown = [m for m in ev.metrics if m not in METRICS]
-    if unknown:
-        raise GanlabError(f"eval.metrics: {', '.join(map(str, unknown))} unknown; choose from {', '.join(METRICS)}.")
-    if ev.features not in ("auto", "inception", "pixels"):
-        raise GanlabError(f"eval.features={ev.features!r} is not valid: use auto, inception or pixels.")
+    from ganlab.evaluate import FEATURES
+
+    if isinstance(ev.metrics, str):
+        if ev.metrics != "auto":
+            raise GanlabError(f"eval.metrics={ev.metrics!r} is not valid: use auto or a list such as "
+                              f"[{', '.join(METRICS)}].")
+    else:
+        unknown = [m for m in ev.metrics if m not in METRICS]
+        if unknown:
+            raise GanlabError(f"eval.metrics: {', '.join(map(str, unknown))} unknown; choose from "
+                              f"{', '.join(METRICS)} (or auto).")
+    if ev.features not in FEATURES:
+        raise GanlabError(f"eval.features={ev.features!r} is not valid: use {', '.join(FEATURES)}.")
 
     tr = cfg.tricks
     for key in ("label_smoothing", "flip_labels"):

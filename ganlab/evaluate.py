@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from ganlab.data.sources import build_source
 from ganlab.errors import GanlabError
-from ganlab.metrics import METRICS, mixture_metrics
+from ganlab.metrics import METRICS, inception_score, mixture_metrics
 
 TORCHVISION_INCEPTION = "inception_v3_google-0cc3c7bd.pth"
 
@@ -31,7 +31,8 @@ def _sha256(path: Path) -> str:
 
 
 def inception_features(weights: str | None, device: torch.device):
-    """(extract(x in [-1, 1]) -> N x 2048 pool features, protocol dict), from LOCAL weights only."""
+    """(extract(x in [-1, 1]) -> (N x 2048 pool features, N x 1000 class probabilities), protocol),
+    from LOCAL weights only."""
     import torchvision
 
     candidates = [Path(weights).expanduser()] if weights else []
@@ -41,7 +42,7 @@ def inception_features(weights: str | None, device: torch.device):
         raise GanlabError(
             "Inception weights are not available offline (looked for " + ", ".join(str(p) for p in candidates)
             + "). Copy torchvision's inception_v3 weights (" + TORCHVISION_INCEPTION + ") there or pass "
-            "inception_weights=PATH; or score in pixel space with features=pixels."
+            "inception_weights=PATH; or score with features=classifier (labelled datasets) or features=pixels."
         )
     net = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False)
     try:
@@ -49,75 +50,119 @@ def inception_features(weights: str | None, device: torch.device):
     except Exception as exc:
         raise GanlabError(f"{path} is not torchvision inception_v3 weights ({type(exc).__name__}); "
                           "give the right file with inception_weights=PATH.") from None
+    head = net.fc
     net.fc = torch.nn.Identity()
-    net = net.eval().to(device)
+    net, head = net.eval().to(device), head.eval().to(device)
     mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225], device=device).view(1, 3, 1, 1)
 
     @torch.no_grad()
-    def extract(x: torch.Tensor) -> torch.Tensor:
-        out = []
+    def extract(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats, probs = [], []
         for chunk in x.split(100):
             chunk = chunk.to(device)
             if chunk.shape[1] == 1:
                 chunk = chunk.repeat(1, 3, 1, 1)
             chunk = torch.nn.functional.interpolate((chunk + 1) / 2, size=(299, 299), mode="bilinear",
                                                    align_corners=False, antialias=True)
-            out.append(net((chunk - mean) / std).double().cpu())
-        return torch.cat(out)
+            pool = net((chunk - mean) / std)
+            feats.append(pool.double().cpu())
+            probs.append(head(pool).double().softmax(1).cpu())
+        return torch.cat(feats), torch.cat(probs)
 
     return extract, {"features": "torchvision inception_v3 (IMAGENET1K_V1) pool3, 2048-d; NOT the TF-FID "
-                     "Inception: not comparable with published FIDs", "weights": str(path),
+                     "Inception: not comparable with published FIDs or ISs", "weights": str(path),
                      "weights_sha256": _sha256(path), "resize": "bilinear antialiased to 299x299",
                      "grayscale_to_rgb": "channel repeated 3x", "normalisation": "ImageNet mean/std"}
 
 
+FEATURES = ("auto", "inception", "classifier", "pixels")
+
+
+def resolve_features(features: str, source, inception_weights) -> str:
+    """auto: 2D coordinates for points; for images Inception when its weights are given, else ganlab's
+    classifier for labelled in-memory datasets, else raw pixels."""
+    if features != "auto":
+        return features
+    if source.kind == "points":
+        return "coordinates"
+    if inception_weights:
+        return "inception"
+    return "classifier" if source.in_memory and source.num_classes else "pixels"
+
+
 class Scorer:
     """Scores generated samples against a fixed real reference set: features extracted once for the
-    reals, then `scorer(fake) -> {metric: value}`. Used by `ganlab eval` and during training."""
+    reals, then `scorer(fake) -> {metric: value}`. Used by `ganlab eval` and during training.
 
-    def __init__(self, source, real: torch.Tensor, metrics: list[str], features: str = "auto",
-                 inception_weights: str | None = None, device=torch.device("cpu")):
-        unknown = [m for m in metrics if m not in METRICS]
-        if unknown:
-            raise GanlabError(f"metrics: {', '.join(unknown)} unknown; choose from {', '.join(METRICS)}.")
-        if features == "auto":
-            features = "coordinates" if source.kind == "points" else "inception"
-        self.source, self.metrics = source, metrics
+    `metrics`: names from ganlab.metrics.METRICS, or "auto" (every metric the features allow).
+    `real_hist`: the real data's label counts (for the class-histogram metric)."""
+
+    def __init__(self, source, real: torch.Tensor, metrics, features: str = "auto",
+                 inception_weights: str | None = None, device=torch.device("cpu"), real_hist=None):
+        features = resolve_features(features, source, inception_weights)
         if features == "inception":
             self.extract, info = inception_features(inception_weights, device)
+        elif features == "classifier":
+            from ganlab.metrics.classifier import classifier_features
+
+            self.extract, info = classifier_features(source, device)
         elif features in ("pixels", "coordinates"):
-            self.extract = lambda x: x.detach().flatten(1).double().cpu()
+            self.extract = lambda x: (x.detach().flatten(1).double().cpu(), None)
             info = {"features": f"raw {features} in [-1, 1]" if features == "pixels" else "raw 2D coordinates",
                     "weights_sha256": None, "resize": "none", "grayscale_to_rgb": "none"}
         else:
-            raise GanlabError(f"features={features} is not valid: use auto, inception or pixels.")
-        self.protocol = {**info, "n_real": len(real)}
-        self.real_features = self.extract(real)
+            raise GanlabError(f"features={features} is not valid: use {', '.join(FEATURES)}.")
+        has_probs = features in ("inception", "classifier")
+        if metrics in ("auto", None):
+            metrics = [m for m, spec in METRICS.items() if has_probs or spec.needs == "features"]
+        metrics = list(metrics)
+        unknown = [m for m in metrics if m not in METRICS]
+        if unknown:
+            raise GanlabError(f"metrics: {', '.join(unknown)} unknown; choose from {', '.join(METRICS)} (or auto).")
+        needs_probs = [m for m in metrics if METRICS[m].needs == "probs"]
+        if needs_probs and not has_probs:
+            raise GanlabError(f"metrics {', '.join(needs_probs)} need class probabilities, which {features} features "
+                              "do not give: use features=classifier (labelled datasets) or inception, or drop them.")
+        if "classes" in metrics and real_hist is None:
+            raise GanlabError(f"the classes metric needs labelled real data; {source.name} has no labels.")
+        self.source, self.metrics, self.real_hist = source, metrics, real_hist
+        self.real_features, real_probs = self.extract(real)
+        self.protocol = {**info, "metrics": metrics, "n_real": len(real)}
+        if real_probs is not None and "is" in metrics:  # the score of real data: the ceiling to read IS against
+            self.protocol["is_of_real_reference"] = inception_score(real_probs)["is"]
 
     def __call__(self, fake: torch.Tensor) -> dict:
-        f_fake = self.extract(fake)
+        f_fake, p_fake = self.extract(fake)
         results: dict = {}
         for name in self.metrics:
-            results.update(METRICS[name](f_fake, self.real_features))
+            spec = METRICS[name]
+            if spec.needs == "probs":
+                results.update(spec.fn(p_fake, self.real_hist))
+            else:
+                results.update(spec.fn(f_fake, self.real_features))
         if self.source.kind == "points":
             results.update(mixture_metrics(fake, self.source.modes, self.source.std))
         return results
 
 
 def real_samples(dataset_cfg, n: int, seed: int):
+    """(source, n real samples in [-1, 1] drawn with `seed`, the split's label counts or None)."""
     source = build_source(dataset_cfg)
     g = torch.Generator().manual_seed(seed)
     if source.kind == "points":
         x, _ = source.sample(n, g, torch.device("cpu"))
-        return source, x
+        return source, x, None
+    hist = None
     if source.in_memory:
-        x, _ = source.load()
+        x, y = source.load()
+        if source.num_classes:
+            hist = torch.bincount(y.long(), minlength=int(source.num_classes))
     else:
         ds = source.dataset()
         x = torch.stack([ds[i][0] for i in range(min(len(ds), n))])
     idx = torch.randperm(len(x), generator=g)[:n]
-    return source, x[idx].float() / 127.5 - 1
+    return source, x[idx].float() / 127.5 - 1, hist
 
 
 def _fake_from_npz(path: Path) -> torch.Tensor:
@@ -160,7 +205,7 @@ def evaluate(cfg) -> dict:
         # beside the run's own metrics.json (written by training), never over it
         out = Path(cfg.out) if cfg.out else ((target if target.is_dir() else target.parent)
                                              / "eval" / str(cfg.checkpoint) / "metrics.json")
-    source, real = real_samples(dataset_cfg, int(cfg.n), int(cfg.seed))
+    source, real, real_hist = real_samples(dataset_cfg, int(cfg.n), int(cfg.seed))
     if min(len(fake), len(real)) < 10:
         raise GanlabError(f"too few samples to score ({len(fake)} generated, {len(real)} real); use n >= 10 "
                           "(thousands for numbers worth reporting).")
@@ -168,7 +213,8 @@ def evaluate(cfg) -> dict:
         raise GanlabError(f"the samples are {tuple(fake.shape[1:])} but {source.name} gives {tuple(real.shape[1:])}; "
                           "compare against the dataset (and resolution) the model was trained on.")
 
-    scorer = Scorer(source, real, list(cfg.metrics), cfg.features, cfg.inception_weights, device)
+    metrics = cfg.metrics if isinstance(cfg.metrics, str) else list(cfg.metrics)
+    scorer = Scorer(source, real, metrics, cfg.features, cfg.inception_weights, device, real_hist)
     results = scorer(fake)
     protocol = {**scorer.protocol, "n_fake": len(fake), "generated_by": source_desc,
                 "reference": {"dataset": source.name, "split": dataset_cfg.get("split", "sampled"),

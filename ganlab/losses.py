@@ -112,18 +112,35 @@ def gradient_penalty(critic: Callable[[Tensor], Tensor], real: Tensor, fake: Ten
     if alpha is None:
         alpha = torch.rand(n, device=real.device, dtype=real.dtype)
     alpha = alpha.view(n, *([1] * (real.dim() - 1)))
-    x_hat = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
-    out = critic(x_hat).float().sum()
-    if scale is not None:
-        out = out * scale
-    (grad,) = torch.autograd.grad(out, x_hat, create_graph=True)
-    if scale is not None:
-        grad = grad / scale
-    norms = grad.float().flatten(1).norm(2, dim=1)
+    x_hat = alpha * real + (1 - alpha) * fake
+    norms = _input_grad(critic, x_hat, scale).flatten(1).norm(2, dim=1)
     return (norms - center).pow(2).mean()
 
 
-PENALTIES = {"gp": gradient_penalty}
+def _input_grad(critic: Callable[[Tensor], Tensor], x: Tensor, scale: Tensor | None) -> Tensor:
+    """d sum(critic(x)) / dx per sample, differentiable w.r.t. the critic's weights, in float32.
+    Under fp16 autocast the scores are multiplied by the loss scale before the gradient (so it does
+    not underflow) and the gradient divided by it afterwards (PyTorch's AMP gradient-penalty recipe)."""
+    x = x.detach().float().requires_grad_(True)
+    out = critic(x).float().sum()
+    if scale is not None:
+        out = out * scale
+    (grad,) = torch.autograd.grad(out, x, create_graph=True)
+    if scale is not None:
+        grad = grad / scale
+    return grad.float()
+
+
+def r1_penalty(critic: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor | None = None,
+               scale: Tensor | None = None) -> Tensor:
+    """E[||grad D(x)||_2^2] on REAL samples only (R1, Mescheder et al. 2018, eq. 9), unweighted:
+    the config's weight is gamma / 2. It pushes D's gradient to zero on the data, which makes the
+    non-saturating GAN converge locally where it would otherwise oscillate. `scale`: as for
+    gradient_penalty (fp16 loss scale, unscaled before the square)."""
+    return _input_grad(critic, real, scale).flatten(1).pow(2).sum(1).mean()
+
+
+PENALTIES = {"gp": gradient_penalty, "r1": r1_penalty}
 
 
 def get_penalty(cfg):

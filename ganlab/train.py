@@ -157,6 +157,15 @@ def make_optimizers(opt_cfg: DictConfig, g: torch.nn.Module, d: torch.nn.Module,
     return opt_g, opt_d
 
 
+def lr_factor(step: int, steps: int, decay_from: float) -> float:
+    """Constant, then linear decay to 0 at the last step from step decay_from * steps on (the
+    schedule of CycleGAN and of many 2D-mixture GANs: the late small steps sharpen the modes)."""
+    start = decay_from * steps
+    if step <= start:
+        return 1.0
+    return max(0.0, (steps - step) / max(steps - start, 1e-9))
+
+
 def grad_norm(module: torch.nn.Module) -> torch.Tensor:
     """Global L2 norm of a module's current gradients (a device tensor: no sync)."""
     grads = [p.grad for p in module.parameters() if p.grad is not None]
@@ -208,6 +217,7 @@ def train(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, on_start=
                     "with batch statistics (Gulrajani et al. 2017, sec. 4); consider model.d_norm=layer.")
     batches = build_batches(source, t.batch_size, cfg.seed, device, t.num_workers)
     opt_g, opt_d = make_optimizers(cfg.optimizer, g, d, device)
+    base_lrs = [[group["lr"] for group in opt.param_groups] for opt in (opt_g, opt_d)]
     channels_last = (device.type == "cuda" and source.kind == "image") if t.channels_last == "auto" else bool(t.channels_last)
     if channels_last and source.kind == "image":
         g, d = g.to(memory_format=torch.channels_last), d.to(memory_format=torch.channels_last)
@@ -326,7 +336,7 @@ def train(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, on_start=
         """Score eval.n samples of G (EMA when kept); keep checkpoints/best.pt by eval.monitor."""
         fake, _ = generate(ema.module if ema else g, int(ev.n), device=device,
                            generator=torch.Generator().manual_seed(cfg.seed + 4))
-        scores = {f"Metrics/{k}": float(v) for k, v in scorer(fake.float()).items() if k not in ("n_samples", "n_modes")}
+        scores = {f"Metrics/{k}": float(v) for k, v in scorer(fake.float()).items() if k not in ("n_samples", "n_modes", "n_classes")}
         monitor.scalars(at_step, scores)
         if ev.monitor:
             if ev.monitor not in scores:
@@ -340,11 +350,9 @@ def train(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, on_start=
     ev = cfg.eval
     scorer, protocol = None, {}
     if ev.every or source.kind == "points":
-        features = ev.features
-        if features == "auto" and source.kind == "image":
-            features = "inception" if ev.inception_weights else "pixels"
-        _, real_ref = real_samples(cfg.dataset, int(ev.n), cfg.seed + 3)
-        scorer = Scorer(source, real_ref, list(ev.metrics), features, ev.inception_weights, device)
+        _, real_ref, real_hist = real_samples(cfg.dataset, int(ev.n), cfg.seed + 3)
+        metrics = ev.metrics if isinstance(ev.metrics, str) else list(ev.metrics)
+        scorer = Scorer(source, real_ref, metrics, ev.features, ev.inception_weights, device, real_hist)
         protocol = {**scorer.protocol, "n_fake": int(ev.n), "generated_by": "EMA weights" if ema else "raw weights",
                     "reference": {"dataset": source.name, "split": cfg.dataset.get("split", "sampled"),
                                   "seed": cfg.seed + 3}}
@@ -374,10 +382,18 @@ def train(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, on_start=
 
     if on_start is not None:
         on_start()
+    # the clocks start here: the wall-clock budget (train.max_minutes) and steps/s count training,
+    # not the set-up above (data loading, the evaluation reference and its features)
+    t_start = last_log_t = time.monotonic()
     with _StopSignals() as stop:
         try:
             for step in range(start_step + 1, t.steps + 1):
                 noise_std = instance_noise_std(step, tricks, t.steps)
+                if t.lr_decay_from is not None:  # a Python float per step: no sync, nothing to checkpoint
+                    factor = lr_factor(step, t.steps, float(t.lr_decay_from))
+                    for opt, lrs in zip((opt_g, opt_d), base_lrs):
+                        for group, lr in zip(opt.param_groups, lrs):
+                            group["lr"] = lr * factor
                 step_ok = True
                 # ---- discriminator / critic: n_critic updates on separate real and fake batches
                 d.requires_grad_(True)
@@ -464,6 +480,8 @@ def train(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, on_start=
                     values["Grad/G_norm"] = float(grad_norm(g))
                     if noise_std > 0:
                         values["Tricks/instance_noise_std"] = noise_std
+                    if t.lr_decay_from is not None:
+                        values["Train/lr_g"] = opt_g.param_groups[0]["lr"]
                     if skip_nan:
                         values["Train/skipped_updates"] = float(skipped)
                     now = time.monotonic()

@@ -34,6 +34,8 @@ def dataset_overrides(name: str, root: Path) -> list[str]:
         return [f"dataset.root={root / 'images'}"]
     if name in ("ring8", "grid25"):
         return []
+    if name == "stacked_mnist":
+        return [f"dataset.root={root}", "dataset.download=false", "dataset.size=512"]
     return [f"dataset.root={root}", "dataset.download=false"]
 
 

@@ -15,7 +15,7 @@ from ganlab.errors import GanlabError
 from conftest import DATASETS, LOSSES, MODELS, REPO, compose, offline_env, run_cli
 
 GROUPS = {g: sorted(p.stem for p in (REPO / "conf" / g).glob("*.yaml"))
-          for g in ("dataset", "model", "loss", "optimizer", "penalty")}
+          for g in ("dataset", "model", "loss", "optimizer", "penalty", "experiment")}
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
@@ -32,6 +32,17 @@ def test_the_content_the_issue_asks_for_is_there():
     assert {"mnist", "fashion_mnist", "cifar10", "image_folder", "ring8", "grid25"} <= set(DATASETS)
     assert {"gan", "dcgan", "wgan_gp"} <= set(MODELS)
     assert {"minimax", "nonsaturating", "wasserstein", "least_squares", "hinge"} <= set(LOSSES)
+
+
+def test_experiments_hold_whole_recipes_and_the_command_line_still_wins():
+    assert {"ring8", "grid25"} <= set(GROUPS["experiment"])
+    for name in ("ring8", "grid25"):
+        cfg = compose(f"experiment={name}")
+        assert cfg.dataset.name == name and cfg.penalty.name == "r1" and cfg.loss.name == "nonsaturating"
+        assert cfg.train.lr_decay_from is not None and cfg.model.g_norm == "none"
+    cfg = compose("experiment=grid25", "train.steps=10", "penalty.weight=2", "loss=hinge")
+    assert cfg.train.steps == 10 and cfg.penalty.weight == 2 and cfg.loss.name == "hinge"
+    assert cfg.dataset.name == "grid25" and cfg.model.z_dim == compose("experiment=grid25").model.z_dim
 
 
 def test_wgan_gp_recipe_has_the_paper_defaults():

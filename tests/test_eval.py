@@ -89,11 +89,12 @@ def test_images_without_local_inception_weights_get_a_clear_message(tmp_path):
 
     make_idx(tmp_path / "data", n=40)
     args = ["eval", f"target={tmp_path / 'x.npz'}", "dataset=mnist", f"dataset.root={tmp_path / 'data'}",
-            "dataset.download=false", "n=20"]
+            "dataset.download=false", "n=20", "features=inception"]
     out = run_cli(*args, cwd=tmp_path, TORCH_HOME=str(tmp_path / "torch-home"))
     assert out.returncode == 2 and "Inception weights are not available offline" in out.stderr
     assert "inception_weights=PATH" in out.stderr and "Traceback" not in out.stderr
-    pixels = run_cli(*args, "features=pixels", cwd=tmp_path)
+    assert "features=classifier" in out.stderr
+    pixels = run_cli(*args[:-1], "features=pixels", cwd=tmp_path)
     assert pixels.returncode == 0, pixels.stderr
     assert json.loads((tmp_path / "x.metrics.json").read_text())["protocol"]["features"].startswith("raw pixels")
 
@@ -119,3 +120,30 @@ def test_in_training_evaluation_keeps_the_best_checkpoint(tmp_path):
     assert record["protocol"]["features"] == "raw 2D coordinates" and record["protocol"]["n_fake"] == 500
     sample = run_cli("sample", f"run={run}", "checkpoint=best", "n=5", f"out={tmp_path / 'b.npz'}", cwd=tmp_path)
     assert sample.returncode == 0 and f"step {best['step']}" in sample.stdout
+
+
+def test_inception_features_give_fid_and_is_from_a_local_weights_file(tmp_path):
+    """The Inception path end to end, with a local state dict in torchvision's inception_v3 layout
+    (random weights: the numbers mean nothing, the plumbing and the protocol are what is checked)."""
+    import torchvision
+
+    weights = tmp_path / "inception.pth"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict(), weights)
+    from conftest import make_idx
+
+    make_idx(tmp_path / "data", n=40)
+    imgs = (np.random.default_rng(0).random((12, 28, 28, 1)) * 255).astype(np.uint8)
+    np.savez(tmp_path / "x.npz", arr_0=imgs)
+    out = run_cli("eval", f"target={tmp_path / 'x.npz'}", "dataset=mnist", f"dataset.root={tmp_path / 'data'}",
+                  "dataset.download=false", "n=12", f"inception_weights={weights}", "metrics=[fd,is]", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    rec = json.loads((tmp_path / "x.metrics.json").read_text())
+    m, p = rec["metrics"], rec["protocol"]
+    assert math.isfinite(m["fd"]) and 1.0 <= m["is"] <= 1000 and "is_std" in m
+    assert p["features"].startswith("torchvision inception_v3") and "NOT the TF-FID" in p["features"]
+    import hashlib
+
+    assert p["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert p["grayscale_to_rgb"] == "channel repeated 3x" and p["metrics"] == ["fd", "is"]
+    assert "is_of_real_reference" in p

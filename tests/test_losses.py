@@ -128,3 +128,22 @@ def test_gradient_penalty_trains_the_critic():
     pen = gradient_penalty(lambda x: lin(x).view(-1), torch.randn(8, 2), torch.randn(8, 2))
     pen.backward()
     assert lin.weight.grad is not None and lin.weight.grad.abs().sum() > 0
+
+
+def test_r1_penalty_golden_values():
+    from ganlab.losses import get_penalty, r1_penalty
+
+    w = torch.tensor([3.0, -4.0])
+    linear = lambda x: x @ w + 1.0  # noqa: E731  grad = w everywhere: ||w||^2 = 25
+    real, fake = torch.randn(16, 2), torch.randn(16, 2) * 100
+    assert float(r1_penalty(linear, real, fake)) == pytest.approx(25.0)
+    quadratic = lambda x: 0.5 * x.pow(2).sum(1)  # noqa: E731  grad = x: the mean squared norm of the REALS only
+    assert float(r1_penalty(quadratic, real, fake)) == pytest.approx(float(real.pow(2).sum(1).mean()), rel=1e-6)
+    # differentiable w.r.t. D's weights, and the config's weight is gamma / 2
+    v = torch.tensor([1.0, 2.0], requires_grad=True)
+    r1_penalty(lambda x: x @ v, real).backward()
+    assert torch.allclose(v.grad, 2 * v.detach())
+    from omegaconf import OmegaConf
+
+    fn, weight, kw = get_penalty(OmegaConf.load("conf/penalty/r1.yaml"))
+    assert fn is r1_penalty and weight == 5.0 and kw == {}

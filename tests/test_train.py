@@ -11,7 +11,7 @@ from ganlab.models import build_models
 from ganlab.train import resolve_device, train
 from conftest import DATASETS, MODELS, compose, dataset_overrides, read_events
 
-IMAGE_SETS = {"mnist", "fashion_mnist", "cifar10", "image_folder"}
+IMAGE_SETS = {"mnist", "fashion_mnist", "cifar10", "image_folder", "stacked_mnist"}
 CONV_ONLY = {"dcgan"}
 CONDITIONAL = {"cgan"}
 
@@ -140,3 +140,22 @@ def test_devices():
     if not torch.cuda.is_available():
         with pytest.raises(GanlabError, match="no CUDA device"):
             resolve_device("cuda")
+
+
+def test_lr_schedule_is_constant_then_linear_to_zero():
+    from ganlab.train import lr_factor
+
+    assert [lr_factor(s, 100, 0.6) for s in (1, 60)] == [1.0, 1.0]
+    assert lr_factor(80, 100, 0.6) == pytest.approx(0.5) and lr_factor(100, 100, 0.6) == 0.0
+    assert lr_factor(1, 10, 0.0) == pytest.approx(0.9)
+
+
+def test_lr_decay_reaches_the_optimizers_and_tensorboard(tmp_path):
+    cfg = compose("model=gan", "dataset=ring8", *tiny("train.steps=40", "train.log_every=10", "train.lr_decay_from=0.5"))
+    train(cfg, tmp_path)
+    lrs = dict((e.step, e.value) for e in read_events(tmp_path / "tb").Scalars("Train/lr_g"))
+    base = cfg.optimizer.lr
+    assert lrs[10] == pytest.approx(base) and lrs[20] == pytest.approx(base)
+    assert lrs[30] == pytest.approx(base * 0.5, rel=1e-5) and lrs[40] == 0.0
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert state["opt_d"]["param_groups"][0]["lr"] == 0.0

@@ -113,6 +113,11 @@ class IdxSource(_ImageSource):
                     return img, lab
         return None
 
+    def data_dir(self) -> Path:
+        """The folder the IDX files are read from (after load(); where a classifier is cached)."""
+        found = self._find()
+        return found[0].parent if found else self.root / self.folder / "raw"
+
     def load(self) -> tuple[torch.Tensor, torch.Tensor]:
         found = self._find()
         failure = None
@@ -153,6 +158,9 @@ class CifarSource(_ImageSource):
         names = [f"data_batch_{i}" for i in range(1, 6)] if self.split == "train" else ["test_batch"]
         return [self.root / self.FOLDER / n for n in names]
 
+    def data_dir(self) -> Path:
+        return self.root / self.FOLDER
+
     def load(self) -> tuple[torch.Tensor, torch.Tensor]:
         files = self._files()
         failure = None
@@ -181,6 +189,35 @@ class CifarSource(_ImageSource):
             x = (x.float() * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
             x = x.round().clamp(0, 255).to(torch.uint8)
         return _resize_uint8(x, self.resolution), torch.from_numpy(np.concatenate(ys))
+
+
+class StackedMnistSource(_ImageSource):
+    """Stacked MNIST (Metz et al. 2017; VEEGAN; PacGAN): three MNIST digits drawn independently and
+    stacked as the R, G and B channels: 1000 modes, label = 100 * red + 10 * green + blue digit.
+    `size` images are made from MNIST's `split` with a fixed `seed`, so every run sees the same set."""
+
+    def __init__(self, name, root, split="train", download=True, size=60000, seed=0, resolution=28, channels=3,
+                 num_classes=1000, system_dirs=()):
+        super().__init__(name, resolution, channels, num_classes)
+        if channels != 3 or num_classes != 1000:
+            raise GanlabError("stacked_mnist has 3 channels and 1000 modes; leave dataset.channels and "
+                              "dataset.num_classes as they are.")
+        if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+            raise GanlabError(f"dataset.size={size} is not valid: it must be an integer > 0 (e.g. dataset.size=60000).")
+        # the digits: MNIST, looked up exactly as dataset=mnist does
+        self.mnist = IdxSource("mnist", "MNIST", root, split, system_dirs, download, resolution, 1, 10)
+        self.size, self.seed = int(size), int(seed)
+
+    def data_dir(self) -> Path:
+        return self.mnist.data_dir()
+
+    def load(self) -> tuple[torch.Tensor, torch.Tensor]:
+        digits, labels = self.mnist.load()  # N x 1 x H x W uint8, N
+        g = torch.Generator().manual_seed(self.seed)
+        idx = torch.randint(len(digits), (self.size, 3), generator=g)
+        x = digits[idx].squeeze(2)  # size x 3 x H x W
+        y = labels[idx[:, 0]] * 100 + labels[idx[:, 1]] * 10 + labels[idx[:, 2]]
+        return x, y
 
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}

@@ -1,8 +1,32 @@
-"""Metrics: a registry, one name -> one function of (fake, real) features (mixture: of 2D samples)."""
+"""Metrics: a registry, one name -> one function.
 
+`features` metrics take (fake, real) feature matrices; `probs` metrics take the fakes' class
+probabilities (and the real label histogram) and need a classifier feature space (ganlab's
+classifier or Inception). 2D samples also get the mixture metrics (ganlab.metrics.mixture).
+"""
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ganlab.metrics.classes import class_histogram, inception_score
 from ganlab.metrics.distances import fd, frechet_distance, gaussian_stats, kid, prdc
 from ganlab.metrics.mixture import mixture_metrics
 
-METRICS = {"fd": fd, "kid": kid, "prdc": prdc}
 
-__all__ = ["METRICS", "fd", "frechet_distance", "gaussian_stats", "kid", "mixture_metrics", "prdc"]
+@dataclass(frozen=True)
+class Metric:
+    fn: Callable
+    needs: str  # "features" | "probs"
+    about: str
+
+
+METRICS = {
+    "fd": Metric(fd, "features", "Fréchet distance (FID with Inception features)"),
+    "kid": Metric(kid, "features", "kernel inception distance (unbiased MMD^2, cubic kernel)"),
+    "prdc": Metric(prdc, "features", "precision/recall (k=3), density/coverage (k=5)"),
+    "is": Metric(lambda probs, hist: inception_score(probs), "probs", "Inception(-style) score"),
+    "classes": Metric(class_histogram, "probs", "classes captured, KL of class histogram to real and uniform"),
+}
+
+__all__ = ["METRICS", "Metric", "class_histogram", "fd", "frechet_distance", "gaussian_stats", "inception_score",
+           "kid", "mixture_metrics", "prdc"]

@@ -1,0 +1,150 @@
+"""ganlab's offline evaluation classifier, the Inception-style score, class histograms and Stacked MNIST."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_idx, run_cli
+from ganlab.metrics import class_histogram, inception_score
+
+
+def test_inception_score_of_hand_made_probabilities():
+    k = 10
+    confident_all = torch.eye(k).repeat(50, 1)  # sure of its class, every class equally often
+    assert inception_score(confident_all)["is"] == pytest.approx(k, rel=1e-6)
+    one_class = torch.eye(k)[torch.zeros(500, dtype=torch.long)]  # collapsed onto one class
+    assert inception_score(one_class)["is"] == pytest.approx(1.0, abs=1e-6)
+    unsure = torch.full((500, k), 1.0 / k)  # no class recognisable
+    assert inception_score(unsure)["is"] == pytest.approx(1.0, abs=1e-6)
+    half = torch.eye(k)[torch.arange(500) % 5]  # half the classes
+    assert inception_score(half)["is"] == pytest.approx(5.0, rel=1e-6)
+
+
+def test_class_histogram_counts_dropped_modes_and_its_kl():
+    k, real = 10, torch.full((10,), 100)
+    every = class_histogram(torch.eye(k)[torch.arange(1000) % k], real)
+    assert every["classes_captured"] == 10 and every["class_kl"] == pytest.approx(0.0, abs=1e-12)
+    half = class_histogram(torch.eye(k)[torch.arange(1000) % 5], real)
+    assert half["classes_captured"] == 5 and half["class_kl"] == pytest.approx(math.log(2), rel=1e-9)
+    assert half["class_kl_uniform"] == pytest.approx(math.log(2), rel=1e-9)
+    skewed = class_histogram(torch.eye(k)[torch.arange(1000) % k], torch.tensor([500] + [50] * 9))
+    assert skewed["classes_captured"] == 10 and skewed["class_kl"] > 0.3 and skewed["class_kl_uniform"] == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.fixture(scope="module")
+def digits_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("digits")
+    make_idx(root, "MNIST", n=600)
+    return root
+
+
+def _cached(root):
+    return sorted((root / "MNIST" / "raw").glob("ganlab-classifier-*.pt"))
+
+
+def test_the_classifier_is_trained_once_cached_beside_the_data_and_recognises_real_digits(digits_root):
+    from ganlab.data.sources import IdxSource
+    from ganlab.metrics.classifier import classifier_features
+
+    src = IdxSource("mnist", "MNIST", digits_root, download=False)
+    extract, info = classifier_features(src, torch.device("cpu"))
+    files = _cached(digits_root)
+    assert len(files) == 1 and info["weights"] == str(files[0])
+    assert info["classifier_held_out_accuracy"] > 0.9  # the generated strokes are easy to tell apart
+    x, y = src.load()
+    feats, probs = extract(x.float() / 127.5 - 1)
+    assert feats.shape == (600, 128) and probs.shape == (600, 10)
+    assert (probs.argmax(1) == y).double().mean() > 0.9
+    mtime = files[0].stat().st_mtime_ns
+    _, again = classifier_features(src, torch.device("cpu"))  # the second time: loaded, not retrained
+    assert again["weights_sha256"] == info["weights_sha256"] and files[0].stat().st_mtime_ns == mtime
+
+
+def test_a_corrupt_cached_classifier_is_retrained(digits_root, tmp_path):
+    import shutil
+
+    from ganlab.data.sources import IdxSource
+    from ganlab.metrics.classifier import classifier_features
+
+    classifier_features(IdxSource("mnist", "MNIST", digits_root, download=False), torch.device("cpu"))
+    shutil.copytree(digits_root / "MNIST", tmp_path / "MNIST")  # the data and its cached classifier
+    src = IdxSource("mnist", "MNIST", tmp_path, download=False)
+    path = _cached(tmp_path)[0]
+    path.write_bytes(b"not a checkpoint")
+    _, again = classifier_features(src, torch.device("cpu"))
+    assert again["weights"] == str(path) and torch.load(path, weights_only=True)["meta"]["dataset"] == "mnist"
+
+
+def test_a_read_only_data_dir_caches_in_the_user_cache(tmp_path, monkeypatch):
+    if os.geteuid() == 0:
+        pytest.skip("root can write anywhere")
+    from ganlab.data.sources import IdxSource
+    from ganlab.metrics.classifier import classifier_features
+
+    make_idx(tmp_path / "ro", "MNIST", n=100)
+    (tmp_path / "ro" / "MNIST" / "raw").chmod(0o555)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    _, info = classifier_features(IdxSource("mnist", "MNIST", tmp_path / "ro", download=False), torch.device("cpu"))
+    assert info["weights"].startswith(str(tmp_path / "cache" / "ganlab" / "classifiers"))
+
+
+def test_stacked_mnist_has_1000_modes_from_three_digits(digits_root):
+    from ganlab.data.sources import IdxSource, StackedMnistSource
+
+    mnist = IdxSource("mnist", "MNIST", digits_root, download=False)
+    src = StackedMnistSource("stacked_mnist", digits_root, download=False, size=3000, seed=1)
+    x, y = src.load()
+    assert x.shape == (3000, 3, 28, 28) and x.dtype == torch.uint8 and int(y.max()) < 1000
+    assert len(torch.unique(y)) > 900  # 3000 draws over 1000 equally likely modes: ~950 distinct
+    digits, labels = mnist.load()
+    lookup = {bytes(d.numpy().tobytes()): int(k) for d, k in zip(digits[:, 0], labels)}
+    for i in range(20):  # every channel is an MNIST digit, and the label spells the three of them
+        r, g, b = (lookup[bytes(x[i, c].numpy().tobytes())] for c in range(3))
+        assert int(y[i]) == 100 * r + 10 * g + b
+    again, _ = StackedMnistSource("stacked_mnist", digits_root, download=False, size=3000, seed=1).load()
+    assert torch.equal(x, again)  # the same set in every run
+
+
+def test_stacked_mnist_modes_are_counted_with_the_mnist_classifier(digits_root):
+    from ganlab.evaluate import Scorer, real_samples
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load("conf/dataset/stacked_mnist.yaml")
+    cfg.root, cfg.download, cfg.size = str(digits_root), False, 4000
+    source, real, hist = real_samples(cfg, 4000, seed=0)
+    assert int(hist.sum()) == 4000 and len(hist) == 1000
+    scorer = Scorer(source, real, "auto", device=torch.device("cpu"), real_hist=hist)
+    assert scorer.protocol["features"].startswith("ganlab's mnist classifier") and "384-d" in scorer.protocol["features"]
+    own = scorer(real[:2500])
+    assert own["classes_captured"] > 850 and own["class_kl_uniform"] < 0.5
+    # a generator that always repeats one red digit covers a tenth of the modes
+    collapsed = real[:2500].clone()
+    collapsed[:, 0] = real[0, 0]
+    low = scorer(collapsed)
+    assert low["classes_captured"] <= 100 and low["class_kl_uniform"] > own["class_kl_uniform"] + 1.5
+    assert scorer.protocol["is_of_real_reference"] > 100  # ~1000 distinguishable stacked modes
+
+
+def test_eval_with_the_classifier_on_mnist_samples(tmp_path):
+    make_idx(tmp_path / "data", n=400)
+    from ganlab.data.synthetic import digit_like
+
+    imgs, _ = digit_like(300, seed=9)
+    np.savez(tmp_path / "x.npz", arr_0=imgs[..., None])
+    out = run_cli("eval", f"target={tmp_path / 'x.npz'}", "dataset=mnist", f"dataset.root={tmp_path / 'data'}",
+                  "dataset.download=false", "n=300", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    rec = json.loads((tmp_path / "x.metrics.json").read_text())
+    m, p = rec["metrics"], rec["protocol"]
+    assert {"fd", "kid", "precision", "recall", "is", "is_std", "classes_captured", "class_kl"} <= set(m)
+    assert m["classes_captured"] == 10 and m["class_kl"] < 0.1 and m["is"] > 5
+    assert p["features"].startswith("ganlab's mnist classifier") and len(p["weights_sha256"]) == 64
+    assert p["classifier_held_out_accuracy"] > 0.8 and p["metrics"] == ["fd", "kid", "prdc", "is", "classes"]
+    # pixels give no class probabilities: asking for IS there is one clear error
+    bad = run_cli("eval", f"target={tmp_path / 'x.npz'}", "dataset=mnist", f"dataset.root={tmp_path / 'data'}",
+                  "dataset.download=false", "n=300", "features=pixels", "metrics=[fd,is]", cwd=tmp_path)
+    assert bad.returncode == 2 and "need class probabilities" in bad.stderr and "Traceback" not in bad.stderr
