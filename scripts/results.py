@@ -115,6 +115,7 @@ def plan(args) -> dict[str, list[Run]]:
     q = args.quick
     seeds = args.seeds
     fam_seeds = seeds[: args.family_seeds]
+    img_seeds = seeds[: args.image_seeds or args.family_seeds]
     mnist = [f"dataset.root={args.mnist_root}", "dataset.download=false"]
     # sections 2 and 3 give every recipe the same CPU time (train.max_minutes) rather than the same
     # number of steps: n_critic = 5 families pay for their critic steps, as they would on a budget
@@ -154,7 +155,7 @@ def plan(args) -> dict[str, list[Run]]:
 
     for dataset, n, metrics in (("mnist", 2500, "auto"), ("stacked_mnist", 10000 if not q else 2000, "[fd,kid,is,classes]")):
         for family in FAMILIES_IMG:
-            for seed in fam_seeds:
+            for seed in img_seeds:
                 s["families_img"].append(Run("families_img", f"{family}@{dataset}", seed, [
                     f"model={family}", f"dataset={dataset}", *mnist, *budget(budget_img, 50),
                     "eval.every=10000000", f"eval.n={n}", f"eval.metrics={metrics}"]))
@@ -211,7 +212,8 @@ def write_doc(args, sections: dict[str, list[Run]], total_wall: float) -> str:
         f"Made by `python scripts/results.py {shlex.join(args.argv)}` on {time.strftime('%Y-%m-%d')} "
         f"({platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
         f"{args.jobs} jobs at a time with one thread each; {total_wall / 60:.0f} min in all). Seeds: "
-        f"{', '.join(map(str, args.seeds))} (section 3: {', '.join(map(str, args.seeds[:args.family_seeds]))}). "
+        f"{', '.join(map(str, args.seeds))} (section 3: {', '.join(map(str, args.seeds[:args.family_seeds]))}; its images: "
+        f"{', '.join(map(str, args.seeds[:args.image_seeds or args.family_seeds]))}). "
         "Every row is real `ganlab train` runs on the CPU; the command of each section is given, "
         "with `seed=S device=cpu train.threads=1` added. Cells with `a / b / c` are the seeds in order.",
         "",
@@ -306,6 +308,7 @@ def main() -> None:
     ap.add_argument("--mnist-label", default=None, help="how docs/results.md names the MNIST data used")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--family-seeds", type=int, default=2, help="how many of the seeds section 3 (every family) uses")
+    ap.add_argument("--image-seeds", type=int, default=None, help="how many of them its image runs use (default: as many)")
     ap.add_argument("--minutes-2d", type=float, default=1.0, help="CPU minutes per 2D run in sections 2-3")
     ap.add_argument("--minutes-img", type=float, default=1.0, help="CPU minutes per image run in section 3")
     ap.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2)))
