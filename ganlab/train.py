@@ -146,15 +146,33 @@ class _StopSignals:
 
 def make_optimizers(opt_cfg: DictConfig, g: torch.nn.Module, d: torch.nn.Module, device: torch.device | None = None):
     """G and D optimizers from the `optimizer` group (`_partial_` target); lr_g/lr_d override lr (TTUR).
-    Adam/AdamW use their fused CUDA kernels on CUDA (one kernel for all parameters)."""
+
+    `optimizer.fused: null` (the Adam configs' default) picks Adam's fused kernel (one kernel for all
+    parameters, the step count kept on the device, and with fp16 the grad scaler's inf check folded
+    in: no host sync per step) where it pays: on CUDA and the other accelerators always; on CPU for
+    models without convolutions, where the optimizer step is a large share of a GAN step (MLP gan
+    at MNIST size: 1.28x steps/s). CPU conv models keep the per-parameter loop, measured 4-6% faster
+    there (wgan_gp 28px; dcgan even). `optimizer.fused=true|false` decides it by hand."""
     cfg = OmegaConf.to_container(opt_cfg, resolve=True)
     lr_g, lr_d = cfg.pop("lr_g", None), cfg.pop("lr_d", None)
-    if device is not None and device.type == "cuda" and cfg["_target_"] in ("torch.optim.Adam", "torch.optim.AdamW"):
-        cfg.setdefault("fused", True)
+    if cfg["_target_"] in ("torch.optim.Adam", "torch.optim.AdamW") and cfg.get("fused") is None:
+        pays = device is not None and device.type in _fused_devices() and (
+            device.type != "cpu" or not any(isinstance(m, torch.nn.modules.conv._ConvNd)
+                                            for m in (*g.modules(), *d.modules())))
+        cfg["fused"] = True if pays else None
     factory = instantiate(cfg)
     opt_g = factory(g.parameters(), lr=lr_g if lr_g is not None else cfg["lr"])
     opt_d = factory(d.parameters(), lr=lr_d if lr_d is not None else cfg["lr"])
     return opt_g, opt_d
+
+
+def _fused_devices() -> tuple[str, ...]:
+    """Device types with fused Adam kernels (a private torch helper; CUDA alone if it moves)."""
+    try:
+        from torch.optim.optimizer import _get_fused_kernels_supported_devices
+        return tuple(_get_fused_kernels_supported_devices())
+    except ImportError:
+        return ("cuda",)
 
 
 def lr_factor(step: int, steps: int, decay_from: float) -> float:

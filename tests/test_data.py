@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ganlab.data.batches import DeviceBatches, build_batches, to_unit_range
+from ganlab.data.batches import DeviceBatches, LoaderBatches, build_batches, to_unit_range
 from ganlab.data.idx import read_idx, write_idx
 from ganlab.data.sources import CifarSource, IdxSource, ImageFolderSource, MixtureSource
 from ganlab.errors import GanlabError
@@ -124,6 +124,48 @@ def test_device_batches_resume_mid_epoch():
     b = DeviceBatches(x, torch.arange(30), 4, 3, torch.device("cpu"))
     b.load_state_dict(state)
     assert [b.next()[1].tolist() for _ in range(5)] == expected
+
+
+class _Numbered(torch.utils.data.Dataset):
+    """Image i is a 1x1 pixel of value i (as image_folder's dataset hands out: uint8, label 0)."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return torch.tensor([[[i]]], dtype=torch.uint8), 0
+
+
+def _ids(x: torch.Tensor) -> list:
+    return ((x.view(-1) + 1) * 127.5).round().long().tolist()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_batches_are_seeded_epochs_that_resume_mid_epoch(workers):
+    """image_folder's DataLoader path: every image once per epoch (last partial batch dropped), a
+    seeded order that changes each epoch, and a resume at any batch that reads on identically."""
+    n, b = 30, 4
+
+    def take(batches, k):
+        return [_ids(batches.next()[0]) for _ in range(k)]
+
+    a = LoaderBatches(_Numbered(n), b, 5, torch.device("cpu"), workers)
+    epochs = [sum(take(a, n // b), []) for _ in range(2)]
+    for order in epochs:
+        assert len(order) == len(set(order)) == (n // b) * b
+    assert epochs[0] != epochs[1]
+    same = LoaderBatches(_Numbered(n), b, 5, torch.device("cpu"), workers)
+    assert sum(take(same, n // b), []) == epochs[0]
+
+    take(a, 3)  # stop mid-epoch (the third), resume in a fresh loader
+    state = a.state_dict()
+    expected = take(a, 10)  # across the epoch boundary
+    b2 = LoaderBatches(_Numbered(n), b, 5, torch.device("cpu"), workers)
+    b2.load_state_dict(state)
+    assert take(b2, 10) == expected
 
 
 def test_batch_larger_than_dataset_is_refused():

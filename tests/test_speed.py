@@ -2,14 +2,17 @@
 scale, and the benchmark's ratio machinery runs (its speed goals live in scripts/benchmark.py)."""
 
 import math
+from collections import Counter
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+import ganlab
 from ganlab.losses import gradient_penalty
-from ganlab.train import train
+from ganlab.train import make_optimizers, train
 from conftest import REPO, compose, dataset_overrides
 
 
@@ -34,6 +37,61 @@ def test_mixed_precision_gives_finite_losses(amp, model, dataset, data_root, tmp
 def test_compile_gives_finite_losses(model, tmp_path):
     result = _few_steps(tmp_path, f"model={model}", "dataset=ring8", "train.compile=true", "train.amp=bf16")
     assert result["step"] == 4 and math.isfinite(result["Loss/D"]) and math.isfinite(result["Loss/G"])
+
+
+HOST_SYNCS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy")
+
+
+def _ganlab_host_syncs(monkeypatch) -> list:
+    """Every tensor-to-host read (`.item()`, `float(t)`, `if t:`, `.cpu()`, ...) that ganlab's own code makes."""
+    calls, pkg = [], str(Path(ganlab.__file__).parent)
+    for name in HOST_SYNCS:
+        def spy(self, *args, _orig=getattr(torch.Tensor, name), _name=name, **kwargs):
+            caller = sys._getframe(1)
+            if caller.f_code.co_filename.startswith(pkg):
+                calls.append(f"{_name} at {Path(caller.f_code.co_filename).name}:{caller.f_lineno}")
+            return _orig(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    return calls
+
+
+@pytest.mark.parametrize("recipe", [
+    ["model=gan", "dataset=ring8", "tricks.noisy_labels=true", "tricks.flip_labels=0.1", "tricks.instance_noise=0.1",
+     "tricks.ema=0.99", "train.lr_decay_from=0.5"],
+    ["model=wgan", "dataset=ring8"],  # weight clipping, n_critic 5, RMSprop
+    ["model=wgan_gp", "dataset=mnist", "model.width=8"],  # gradient penalty on images
+    ["model=dcgan", "dataset=mnist", "model.width=8", "train.amp=fp16"],  # grad scaler + fused Adam
+], ids=["gan-tricks", "wgan", "wgan_gp", "dcgan-fp16"])
+def test_the_hot_loop_reads_nothing_back_between_logging_steps(recipe, data_root, tmp_path, monkeypatch):
+    """Host syncs come from logging, sampling and checkpoint steps only: 3x the steps between them
+    make exactly as many reads of device values (NaN tracking and loss means stay on the device)."""
+    def syncs(steps: int, where: Path) -> list:
+        calls = _ganlab_host_syncs(monkeypatch)
+        cfg = compose("device=cpu", f"train.steps={steps}", f"train.log_every={steps}", f"train.sample_every={steps}",
+                      f"train.ckpt_every={steps}", "train.batch_size=16", "train.progress=none", *recipe,
+                      *dataset_overrides(recipe[1].split("=")[1], data_root))
+        train(cfg, where)
+        monkeypatch.undo()
+        return calls
+
+    few, many = syncs(4, tmp_path / "few"), syncs(12, tmp_path / "many")
+    assert few, "the spy saw no reads at all: it is not watching ganlab's code"
+    assert len(many) == len(few), f"reads that grow with the steps: {Counter(many) - Counter(few)}"
+
+
+def test_adam_is_fused_where_it_pays():
+    """Adam's fused kernel for CPU MLPs (no per-parameter Python loop, no per-step `.item()` of the
+    step count), not for CPU conv models (measured slower); optimizer.fused=true|false decides by hand."""
+    cpu = torch.device("cpu")
+    mlp_g, mlp_d = torch.nn.Sequential(torch.nn.Linear(2, 2)), torch.nn.Sequential(torch.nn.Linear(2, 1))
+    conv_g, conv_d = torch.nn.ConvTranspose2d(4, 1, 4), torch.nn.Conv2d(1, 1, 4)
+    fused = lambda opt: bool(opt.defaults.get("fused"))
+    opt_cfg = compose("model=wgan_gp").optimizer
+    assert all(map(fused, make_optimizers(opt_cfg, mlp_g, mlp_d, cpu)))
+    assert not any(map(fused, make_optimizers(opt_cfg, conv_g, conv_d, cpu)))
+    assert all(map(fused, make_optimizers(compose("model=dcgan", "optimizer.fused=true").optimizer, conv_g, conv_d, cpu)))
+    assert not any(map(fused, make_optimizers(compose("model=gan", "optimizer.fused=false").optimizer, mlp_g, mlp_d, cpu)))
+    assert not any(map(fused, make_optimizers(compose("model=wgan").optimizer, mlp_g, mlp_d, cpu)))  # RMSprop
 
 
 def test_gradient_penalty_is_unchanged_by_a_loss_scale():

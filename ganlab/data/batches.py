@@ -2,7 +2,8 @@
 
 - In-memory image sets live on the device as ONE uint8 tensor; every epoch is a seeded
   permutation, cut into full batches (the last partial batch is dropped, as BatchNorm wants).
-- Disk-backed sets (image_folder) go through a DataLoader with workers.
+- Disk-backed sets (image_folder) go through a DataLoader with workers, in the same kind of
+  seeded per-epoch order, so a resumed run reads on from where it stopped.
 - 2D mixtures are sampled on the device for every batch.
 All of them hand out (x, y): x float in [-1, 1] on the device, y the labels (or None).
 """
@@ -58,38 +59,58 @@ class DeviceBatches:
         self.epoch, self.pos = state["epoch"], state["pos"]
 
 
+class _EpochOrder(torch.utils.data.Sampler):
+    """The DataLoader's sample order: a permutation drawn from (seed, epoch) alone, started at
+    `start` (a multiple of the batch size), so any position in any epoch can be rebuilt."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch, self.start = n, seed, 0, 0
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g)[self.start:].tolist())
+
+    def __len__(self) -> int:
+        return self.n - self.start
+
+
 class LoaderBatches:
     def __init__(self, dataset, batch_size: int, seed: int, device: torch.device, num_workers: int):
         if batch_size > len(dataset):
             raise GanlabError(
                 f"train.batch_size={batch_size} is larger than the dataset ({len(dataset)} images); use a smaller batch."
             )
-        self.device = device
+        self.device, self.batch_size = device, batch_size
+        self.per_epoch = len(dataset) // batch_size
+        self.order = _EpochOrder(len(dataset), seed)
+        self.pos = 0  # batches handed out in this epoch
         self.loader = torch.utils.data.DataLoader(
-            dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=num_workers,
-            generator=torch.Generator().manual_seed(seed), pin_memory=device.type == "cuda",
-            persistent_workers=num_workers > 0,
+            dataset, batch_size=batch_size, sampler=self.order, drop_last=True, num_workers=num_workers,
+            pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
         )
         self._it = iter(self.loader)
 
     def next(self):
-        try:
-            x, y = next(self._it)
-        except StopIteration:
-            self._it = iter(self.loader)
-            x, y = next(self._it)
+        if self.pos >= self.per_epoch:
+            self._seek(self.order.epoch + 1, 0)
+        x, y = next(self._it)
+        self.pos += 1
         return to_unit_range(x.to(self.device, non_blocking=True)), None
 
     def preview(self, n: int) -> torch.Tensor:
         ds = self.loader.dataset
         return to_unit_range(torch.stack([ds[i][0] for i in range(min(n, len(ds)))]).to(self.device))
 
+    def _seek(self, epoch: int, pos: int) -> None:
+        self.order.epoch, self.order.start, self.pos = epoch, pos * self.batch_size, pos
+        self._it = iter(self.loader)  # workers (persistent) start on the new order
+
     def state_dict(self) -> dict:
-        # A DataLoader's position is not restorable: a resumed run re-shuffles (not bit-exact).
-        return {}
+        return {"epoch": self.order.epoch, "pos": self.pos}
 
     def load_state_dict(self, state: dict) -> None:
-        pass
+        if "epoch" in state:  # checkpoints written before the order was restorable hold {}
+            self._seek(int(state["epoch"]), int(state["pos"]))
 
 
 class PointBatches:
