@@ -3,6 +3,9 @@
 import json
 import math
 import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -77,6 +80,51 @@ def test_a_corrupt_cached_classifier_is_retrained(digits_root, tmp_path):
     path.write_bytes(b"not a checkpoint")
     _, again = classifier_features(src, torch.device("cpu"))
     assert again["weights"] == str(path) and torch.load(path, weights_only=True)["meta"]["dataset"] == "mnist"
+
+
+_JOB = """
+import logging, os, sys, time
+from pathlib import Path
+logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+import torch
+import ganlab.metrics.classifier as c
+from ganlab.data.sources import IdxSource
+c.EPOCHS, c.MIN_STEPS = 1, 20
+root, me = Path(sys.argv[1]), sys.argv[2]
+train = c._train
+def slow_train(*args):  # the first job holds the lock until the second has asked for the classifier
+    (root / "a_training").touch()
+    while not (root / "b_started").exists():
+        time.sleep(0.05)
+    time.sleep(1.0)
+    return train(*args)
+c._train = slow_train
+if me == "b":
+    (root / "b_started").touch()
+_, info = c.classifier_for(IdxSource("mnist", "MNIST", root, download=False), torch.device("cpu"))
+print("sha", info["weights_sha256"])
+"""
+
+
+def test_parallel_jobs_train_the_classifier_once(tmp_path):
+    """Two sweep jobs asking at once: one trains, the other waits on the lock and loads its file."""
+    make_idx(tmp_path, "MNIST", n=100)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    job = lambda me: subprocess.Popen([sys.executable, "-c", _JOB, str(tmp_path), me], env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    a = job("a")
+    t0 = time.monotonic()
+    while not (tmp_path / "a_training").exists():  # a is training (under the lock) once b asks
+        assert a.poll() is None and time.monotonic() - t0 < 120, a.stdout.read() if a.poll() is not None else "timeout"
+        time.sleep(0.05)
+    b = job("b")
+    out_a, out_b = a.communicate(timeout=300)[0], b.communicate(timeout=300)[0]
+    assert a.returncode == 0 and b.returncode == 0, out_a + out_b
+    assert "training ganlab's mnist evaluation classifier" in out_a
+    assert "training ganlab's" not in out_b, out_b
+    sha = lambda out: [line for line in out.splitlines() if line.startswith("sha ")]
+    assert sha(out_a) == sha(out_b) and len(sha(out_a)) == 1
+    assert len(_cached(tmp_path)) == 1
 
 
 def test_a_read_only_data_dir_caches_in_the_user_cache(tmp_path, monkeypatch):

@@ -136,9 +136,9 @@ def test_r1_penalty_golden_values():
     w = torch.tensor([3.0, -4.0])
     linear = lambda x: x @ w + 1.0  # noqa: E731  grad = w everywhere: ||w||^2 = 25
     real, fake = torch.randn(16, 2), torch.randn(16, 2) * 100
-    assert float(r1_penalty(linear, real, fake)) == pytest.approx(25.0)
+    assert r1_penalty(linear, real, fake).item() == pytest.approx(25.0)
     quadratic = lambda x: 0.5 * x.pow(2).sum(1)  # noqa: E731  grad = x: the mean squared norm of the REALS only
-    assert float(r1_penalty(quadratic, real, fake)) == pytest.approx(float(real.pow(2).sum(1).mean()), rel=1e-6)
+    assert r1_penalty(quadratic, real, fake).item() == pytest.approx(float(real.pow(2).sum(1).mean()), rel=1e-6)
     # differentiable w.r.t. D's weights, and the config's weight is gamma / 2
     v = torch.tensor([1.0, 2.0], requires_grad=True)
     r1_penalty(lambda x: x @ v, real).backward()

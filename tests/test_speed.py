@@ -39,6 +39,16 @@ def test_compile_gives_finite_losses(model, tmp_path):
     assert result["step"] == 4 and math.isfinite(result["Loss/D"]) and math.isfinite(result["Loss/G"])
 
 
+@pytest.mark.parametrize("model", ["dcgan", "wgan_gp"])
+def test_channels_last_trains_like_the_default_layout(model, data_root, tmp_path):
+    """train.channels_last (auto: on for conv models on CUDA) forced on here: the same run in
+    NHWC memory gives the same losses as NCHW, up to the convolution algorithms' rounding."""
+    runs = [_few_steps(tmp_path / layout, f"model={model}", "dataset=mnist", f"train.channels_last={layout}",
+                       *dataset_overrides("mnist", data_root)) for layout in ("false", "true")]
+    for key in ("Loss/D", "Loss/G"):
+        assert math.isfinite(runs[1][key]) and runs[1][key] == pytest.approx(runs[0][key], rel=1e-3, abs=1e-4), key
+
+
 HOST_SYNCS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy")
 
 

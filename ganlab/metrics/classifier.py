@@ -12,10 +12,12 @@ held-out accuracy.
 Cache: `<data dir>/ganlab-classifier-<dataset>-<res>px-v<version>-<data fingerprint>.pt`, or
 `$XDG_CACHE_HOME/ganlab/classifiers/` (default ~/.cache/ganlab/classifiers) when the data dir is
 read-only (e.g. Debian's /usr/share/datasets). A file that does not load is retrained and replaced.
+Parallel sweep jobs take a lock file beside the cache: one trains, the others wait and load it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
@@ -125,39 +127,67 @@ def classifier_for(source, device: torch.device) -> tuple[SmallCNN, dict]:
     fp = _fingerprint(x, y)
     name = f"ganlab-classifier-{source.name}-{source.resolution}px-v{CLASSIFIER_VERSION}-{fp}.pt"
     dirs = _cache_dirs(Path(source.data_dir()))
+    cached = _load_cached(dirs, name, x.shape[1])
+    if cached is not None:
+        return cached[0].to(device), cached[1]
+    folder = next((d for d in dirs if _writable(d)), None)
+    if folder is None:
+        raise GanlabError(f"cannot cache the evaluation classifier: none of {', '.join(map(str, dirs))} is "
+                          "writable; set XDG_CACHE_HOME=DIR to a writable folder.")
+    with _exclusive(folder / f".{name}.lock"):
+        cached = _load_cached(dirs, name, x.shape[1])  # another job may have trained it while this one waited
+        if cached is not None:
+            return cached[0].to(device), cached[1]
+        log.info(f"training ganlab's {source.name} evaluation classifier once ({len(x):,} images, {EPOCHS} epochs); "
+                 "it is cached beside the data")
+        t0 = time.monotonic()
+        net, accuracy = _train(x, y, int(source.num_classes), device)
+        meta = {"dataset": source.name, "resolution": int(source.resolution), "version": CLASSIFIER_VERSION,
+                "data_fingerprint": fp, "n_train": len(x) - max(1, int(len(x) * HELD_OUT)) if len(x) >= 20 else len(x),
+                "held_out_accuracy": accuracy, "train_seconds": round(time.monotonic() - t0, 1)}
+        path = folder / name
+        buf = io.BytesIO()
+        torch.save({"state_dict": net.state_dict(), "n_classes": int(source.num_classes), "meta": meta}, buf)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(buf.getvalue())
+        os.replace(tmp, path)  # atomic: a reader never sees half a file
+    log.info(f"classifier: held-out accuracy {accuracy:.4f}, {meta['train_seconds']}s, saved to {path}")
+    return net.eval().to(device), {**meta, "path": str(path), "weights_sha256": hashlib.sha256(buf.getvalue()).hexdigest()}
+
+
+def _load_cached(dirs: list[Path], name: str, channels: int) -> tuple[SmallCNN, dict] | None:
+    """The first cached classifier that loads (on the CPU), or None."""
     for folder in dirs:
         path = folder / name
         if path.is_file():
             try:
                 saved = torch.load(path, map_location="cpu", weights_only=True)
-                net = SmallCNN(x.shape[1], int(saved["n_classes"]))
+                net = SmallCNN(channels, int(saved["n_classes"]))
                 net.load_state_dict(saved["state_dict"])
                 info = dict(saved["meta"])
             except Exception as exc:
                 log.warning(f"{path} does not load ({type(exc).__name__}); training the classifier again.")
                 continue
             info.update(path=str(path), weights_sha256=hashlib.sha256(path.read_bytes()).hexdigest())
-            return net.eval().to(device), info
+            return net.eval(), info
+    return None
 
-    log.info(f"training ganlab's {source.name} evaluation classifier once ({len(x):,} images, {EPOCHS} epochs); "
-             "it is cached beside the data")
-    t0 = time.monotonic()
-    net, accuracy = _train(x, y, int(source.num_classes), device)
-    meta = {"dataset": source.name, "resolution": int(source.resolution), "version": CLASSIFIER_VERSION,
-            "data_fingerprint": fp, "n_train": len(x) - max(1, int(len(x) * HELD_OUT)) if len(x) >= 20 else len(x),
-            "held_out_accuracy": accuracy, "train_seconds": round(time.monotonic() - t0, 1)}
-    folder = next((d for d in dirs if _writable(d)), None)
-    if folder is None:
-        raise GanlabError(f"cannot cache the evaluation classifier: none of {', '.join(map(str, dirs))} is "
-                          "writable; set XDG_CACHE_HOME=DIR to a writable folder.")
-    path = folder / name
-    buf = io.BytesIO()
-    torch.save({"state_dict": net.state_dict(), "n_classes": int(source.num_classes), "meta": meta}, buf)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)  # atomic: parallel sweep jobs never read half a file
-    log.info(f"classifier: held-out accuracy {accuracy:.4f}, {meta['train_seconds']}s, saved to {path}")
-    return net.eval().to(device), {**meta, "path": str(path), "weights_sha256": hashlib.sha256(buf.getvalue()).hexdigest()}
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path):
+    """An exclusive advisory lock (POSIX flock; elsewhere none: parallel jobs then each train,
+    and the atomic replace keeps the cache whole). Released when the process dies, too."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(lock_path, "a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def classifier_features(source, device: torch.device):
