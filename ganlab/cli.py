@@ -31,6 +31,27 @@ _GROUPS = ("model", "dataset", "loss", "optimizer", "penalty", "experiment")
 _sweep_failures: list[str] = []
 
 
+def _hydra_subdir(output_dir: str) -> str:
+    """Where Hydra writes a job's files under `resume=auto`: `.hydra/` for a new run, beside it
+    (`.hydra/resume-<time>/`) when the dir holds a run to continue, as `resume=true` does."""
+    import time
+
+    if (Path(output_dir) / "checkpoints" / "last.pt").exists():
+        return time.strftime(".hydra/resume-%Y-%m-%d_%H-%M-%S")
+    return ".hydra"
+
+
+def _register_resolvers() -> None:
+    # at import: a job unpickled in another process (submitit) imports this module before Hydra
+    # resolves the job's config there
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("ganlab_hydra_subdir", _hydra_subdir, replace=True)
+
+
+_register_resolvers()
+
+
 def _report_error(message: str) -> None:
     try:
         from rich.console import Console
@@ -55,7 +76,7 @@ def _hparams(hc) -> dict:
     hp = {g: str(hc.runtime.choices.get(g)) for g in _GROUPS if hc.runtime.choices.get(g) is not None}
     for item in hc.overrides.task:
         key, _, value = item.lstrip("+~").partition("=")
-        if key not in _GROUPS and not key.startswith("hydra"):
+        if key not in _GROUPS and key != "resume" and not key.startswith("hydra"):  # resume: how, not what
             hp[key] = _parse_value(value)
     return hp
 
@@ -103,6 +124,8 @@ def _train_task(cfg):
     t0 = time.monotonic()
     try:
         result = train(cfg, run_dir, hparams=hparams, on_start=on_start)
+        if result.get("finished_before"):  # resume=auto on a finished run: its record stands
+            return _recorded_result(cfg, read_status(run_dir) or {}, result)
     except GanlabError as exc:
         status = "diverged" if isinstance(exc, DivergedError) else "failed"
         if started or not existing:
@@ -120,6 +143,11 @@ def _train_task(cfg):
         if started:
             write_status(run_dir, status="interrupted", error="KeyboardInterrupt", wall_s=time.monotonic() - t0)
         raise
+    except SystemExit as exc:  # a cluster job preempted after its checkpoint (submitit requeues it)
+        if started:
+            write_status(run_dir, status="interrupted", error=f"preempted: exit {exc.code} to be requeued",
+                         wall_s=time.monotonic() - t0)
+        raise
     except Exception as exc:  # a bug: recorded, then Hydra shows it
         if started or not existing:
             write_status(run_dir, status="failed", error=f"{type(exc).__name__}: {exc}", wall_s=time.monotonic() - t0)
@@ -128,6 +156,13 @@ def _train_task(cfg):
     metrics = {k: v for k, v in result.items() if "/" in k}
     write_status(run_dir, status=status, step=result["step"], wall_s=time.monotonic() - t0, metrics=metrics,
                  ended=time.time())
+    return _recorded_result(cfg, {"metrics": metrics}, result)
+
+
+def _recorded_result(cfg, record: dict, result: dict):
+    """What the task returns: the final values, or the one an optimizing sweeper asked for."""
+    metrics = record.get("metrics") or {}
+    result = {**result, **metrics}
     metric = cfg.get("optimize_metric")
     if metric:  # what an optimizing sweeper (Optuna) minimizes or maximizes
         if metric not in result:
@@ -175,11 +210,14 @@ def _prepare_run_dir(args: list[str]) -> list[str]:
 
     - `resume=PATH` continues that run in its own dir (it becomes hydra.run.dir);
     - a resume writes Hydra's files to .hydra/resume-<time>/, keeping the run's original .hydra/;
-    - a new run into a dir that already holds a checkpoint is refused.
+    - a new run into a dir that already holds a checkpoint is refused;
+    - `resume=auto` continues the run dir's run if it holds one, else starts it (per job in a sweep).
     """
     value = next((a.split("=", 1)[1].strip("'\"") for a in args if a.startswith("resume=")), None)
-    resuming = value not in (None, "", "false", "False", "null")
     run_dir_arg = next((a.split("=", 1)[1].strip("'\"") for a in args if a.startswith("hydra.run.dir=")), None)
+    if value == "auto":  # each job decides in its own dir: Hydra's files go where a resume puts them
+        return [*args, "hydra.output_subdir='${ganlab_hydra_subdir:${hydra.runtime.output_dir}}'"]
+    resuming = value not in (None, "", "false", "False", "null")
     if resuming and value not in ("true", "True") and run_dir_arg is None:
         path = Path(value).expanduser()
         if not path.exists():

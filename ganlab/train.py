@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import signal
 import threading
@@ -121,27 +122,42 @@ def _resume_path(resume, run_dir: Path) -> Path:
 
 class _StopSignals:
     """SIGTERM/SIGINT ask the loop to stop after the current step (checkpoint, clean exit 0);
-    a second SIGINT interrupts at once."""
+    a second SIGINT interrupts at once.
+
+    A cluster job's preemption signal (submitit's: SIGUSR2, or $SUBMITIT_PREEMPT_SIGNAL) is caught
+    too when a handler for it is installed (submitit's requeues the job and exits): the loop stops
+    after the step and writes a checkpoint, then `hand_on()` gives the signal to that handler, so
+    the requeued job (`resume=auto`) loses no steps."""
 
     def __init__(self):
         self.received: int | None = None
         self._old: dict = {}
+        self._chained: dict = {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._old[sig] = signal.signal(sig, self._handle)
+            preempt = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper(), None)
+            if preempt is not None and preempt not in self._old and callable(signal.getsignal(preempt)):
+                self._old[preempt] = self._chained[preempt] = signal.signal(preempt, self._handle)
         return self
 
     def _handle(self, signum, frame):
         if self.received == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.received = signum
+        if self.received not in self._chained:  # a preemption, once received, is what hand_on() passes on
+            self.received = signum
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
             signal.signal(sig, old)
         return False
+
+    def hand_on(self) -> None:
+        """After the checkpoint: the preemption handler that was there runs (submitit: requeue, exit)."""
+        if self.received in self._chained:
+            self._chained[self.received](self.received, None)
 
 
 def make_optimizers(opt_cfg: DictConfig, g: torch.nn.Module, d: torch.nn.Module, device: torch.device | None = None):
@@ -203,10 +219,19 @@ def train(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, on_start=
     ckpt_dir = run_dir / "checkpoints"
     state = None
     resume = cfg.get("resume", False)
+    auto = resume == "auto"
+    if auto:  # continue this run dir's run if it has one (a requeued cluster job), else start one
+        resume = (ckpt_dir / "last.pt").exists()
     if resume not in (False, None, "false", ""):
         path = _resume_path(True if resume in (True, "true") else resume, run_dir)
         state = load_checkpoint(path)
         check_resumable(state["config"], cfg, path)
+        if int(state["step"]) >= cfg.train.steps:
+            if auto:  # a finished job run again (a sweep launched anew): nothing to do
+                log.info(f"{run_dir} is finished (step {state['step']}, train.steps={cfg.train.steps}); nothing to do")
+                return {"step": int(state["step"]), "wall_s": 0.0, "finished_before": True}
+            raise GanlabError(f"the run in {run_dir} is already at step {state['step']} (train.steps={cfg.train.steps}); "
+                              f"pass a larger train.steps to continue it.")
     elif (ckpt_dir / "last.pt").exists():
         raise GanlabError(
             f"{run_dir} already holds a run (checkpoints/last.pt); add resume=true to continue it, "
@@ -277,9 +302,6 @@ def train(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, on_start=
                               "resume with the run's own settings or start a new run.") from None
         start_step = int(state["step"])
         resumed_best = state.get("best") or {}
-        if start_step >= t.steps:
-            raise GanlabError(f"the run in {run_dir} is already at step {start_step} (train.steps={t.steps}); "
-                              f"pass a larger train.steps to continue it.")
         del state
 
     z_dim, batch = int(cfg.model.z_dim), int(t.batch_size)
@@ -523,7 +545,7 @@ def train(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, on_start=
                     monitor.message(f"{why} at step {step}/{t.steps}: stopped with a checkpoint in "
                                     f"{ckpt_dir / 'last.pt'}; continue with resume=true hydra.run.dir={run_dir}")
                     break
-            if scorer is not None and last:  # the final G, scored; metrics.json says how
+            if scorer is not None and last and stop.received is None:  # the final G, scored; metrics.json says how
                 metrics = evaluate_now(step)
                 last.update(metrics)
                 (run_dir / "metrics.json").write_text(json.dumps(
@@ -541,4 +563,5 @@ def train(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, on_start=
         result["skipped_updates"] = skipped
     if stop.received is not None:
         result["stopped_by"] = signal.Signals(stop.received).name
+    stop.hand_on()
     return result

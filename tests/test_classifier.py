@@ -67,7 +67,7 @@ def test_the_classifier_is_trained_once_cached_beside_the_data_and_recognises_re
     assert again["weights_sha256"] == info["weights_sha256"] and files[0].stat().st_mtime_ns == mtime
 
 
-def test_a_corrupt_cached_classifier_is_retrained(digits_root, tmp_path):
+def test_a_corrupt_cached_classifier_is_retrained(digits_root, tmp_path, caplog):
     import shutil
 
     from ganlab.data.sources import IdxSource
@@ -78,8 +78,11 @@ def test_a_corrupt_cached_classifier_is_retrained(digits_root, tmp_path):
     src = IdxSource("mnist", "MNIST", tmp_path, download=False)
     path = _cached(tmp_path)[0]
     path.write_bytes(b"not a checkpoint")
-    _, again = classifier_features(src, torch.device("cpu"))
+    with caplog.at_level("WARNING", logger="ganlab"):
+        _, again = classifier_features(src, torch.device("cpu"))
     assert again["weights"] == str(path) and torch.load(path, weights_only=True)["meta"]["dataset"] == "mnist"
+    assert [r.getMessage() for r in caplog.records].count(
+        f"{path} does not load (UnpicklingError); training the classifier again.") == 1  # said once
 
 
 _JOB = """

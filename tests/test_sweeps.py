@@ -4,11 +4,18 @@ failed trial, TensorBoard HParams read back from the event files, and `ganlab re
 import csv
 import io
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
+import torch
 import yaml
 
-from conftest import read_events, run_cli
+from conftest import offline_env, read_events, run_cli
 
 pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="needs the sweeps extra: pip install -e .[sweeps]")
 
@@ -25,6 +32,10 @@ def joblib_sweep(tmp_path_factory):
 
 def _status(run):
     return json.loads((run / "status.json").read_text())
+
+
+def _read(path):
+    return path.read_text() if path.is_file() else ""
 
 
 def test_joblib_runs_the_jobs_in_parallel_processes_with_split_threads(joblib_sweep):
@@ -96,6 +107,64 @@ def test_submitit_local_runs_a_job(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     (run,) = [p for p in sweep.iterdir() if p.is_dir() and p.name[0].isdigit()]
     assert _status(run)["status"] == "ok" and (run / "checkpoints" / "last.pt").is_file()
+
+
+def test_a_preempted_submitit_job_is_requeued_and_resumes_where_it_stopped(tmp_path):
+    """submitit's preemption signal (SIGUSR2) mid-run: the loop finishes the step and writes a
+    checkpoint, then submitit requeues the job, and the requeued job (`resume=auto`) continues that
+    run in its own dir to the end. No periodic checkpoint: only the one written at the signal exists."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep = tmp_path / "sweep"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ganlab", "train", "-m", "hydra/launcher=submitit_local", "model=gan", "dataset=ring8",
+         "device=cpu", "train.steps=1500", "train.ckpt_every=1000000", "train.log_every=25", "resume=auto",
+         "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path, env=offline_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdin=subprocess.DEVNULL)
+
+    def first_log_line():
+        runs = [p for p in sweep.iterdir() if p.is_dir() and p.name[0].isdigit()] if sweep.is_dir() else []
+        return runs[0] if runs and "step 25/1500" in _read(runs[0] / "train.log") else None
+
+    t0 = time.monotonic()
+    while (run := first_log_line()) is None:
+        assert proc.poll() is None and time.monotonic() - t0 < 300, proc.communicate()[0]
+        time.sleep(0.05)
+    first_pid = _status(run)["pid"]
+    os.kill(first_pid, signal.SIGUSR2)
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out
+
+    log = _read(run / "train.log")
+    stopped = re.search(r"SIGUSR2 received at step (\d+)/1500: stopped with a checkpoint", log)
+    assert stopped, log
+    at = int(stopped.group(1))
+    assert 25 <= at < 1500
+    assert f"resuming at step {at}:" in log, log
+    status = _status(run)
+    assert status["status"] == "ok" and status["step"] == 1500 and status["pid"] != first_pid
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] == 1500
+    assert (run / ".hydra" / "config.yaml").is_file() and list(run.glob(".hydra/resume-*/config.yaml"))
+    steps = [e.step for e in read_events(run / "tb").Scalars("Loss/D")]
+    assert steps == sorted(set(steps)) and at in steps and steps[-1] == 1500  # no step twice
+
+
+def test_a_sweep_launched_again_with_resume_auto_finishes_only_what_is_unfinished(tmp_path):
+    """The same sweep run again into its own dir with resume=auto (a sweep cut short, launched anew):
+    a finished job trains no more, keeps its record and returns its values to the sweep."""
+    sweep = tmp_path / "sweep"
+    first = run_cli("train", "-m", "model=gan", "dataset=ring8", "device=cpu", "train.steps=20", "train.log_every=10",
+                    "resume=auto", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    (run,) = [p for p in sweep.iterdir() if p.is_dir() and p.name[0].isdigit()]
+    record = _status(run)
+    again = run_cli("train", "-m", "model=gan", "dataset=ring8", "device=cpu", "train.steps=20", "train.log_every=10",
+                    "resume=auto", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "is finished (step 20, train.steps=20); nothing to do" in again.stdout
+    assert _status(run) == record
+    rows = json.loads(run_cli("report", str(sweep), "--format", "json", cwd=tmp_path).stdout)
+    assert rows[0]["status"] == "ok" and rows[0]["Loss/D"] == pytest.approx(record["metrics"]["Loss/D"])
 
 
 def test_a_failed_job_is_in_the_report_with_its_reason(tmp_path):

@@ -127,7 +127,7 @@ def classifier_for(source, device: torch.device) -> tuple[SmallCNN, dict]:
     fp = _fingerprint(x, y)
     name = f"ganlab-classifier-{source.name}-{source.resolution}px-v{CLASSIFIER_VERSION}-{fp}.pt"
     dirs = _cache_dirs(Path(source.data_dir()))
-    cached = _load_cached(dirs, name, x.shape[1])
+    cached = _load_cached(dirs, name, x.shape[1], quiet=True)  # the common case, without waiting for the lock
     if cached is not None:
         return cached[0].to(device), cached[1]
     folder = next((d for d in dirs if _writable(d)), None)
@@ -155,8 +155,9 @@ def classifier_for(source, device: torch.device) -> tuple[SmallCNN, dict]:
     return net.eval().to(device), {**meta, "path": str(path), "weights_sha256": hashlib.sha256(buf.getvalue()).hexdigest()}
 
 
-def _load_cached(dirs: list[Path], name: str, channels: int) -> tuple[SmallCNN, dict] | None:
-    """The first cached classifier that loads (on the CPU), or None."""
+def _load_cached(dirs: list[Path], name: str, channels: int, quiet: bool = False) -> tuple[SmallCNN, dict] | None:
+    """The first cached classifier that loads (on the CPU), or None (`quiet`: say nothing of one that
+    does not load; the check under the lock will)."""
     for folder in dirs:
         path = folder / name
         if path.is_file():
@@ -166,7 +167,8 @@ def _load_cached(dirs: list[Path], name: str, channels: int) -> tuple[SmallCNN, 
                 net.load_state_dict(saved["state_dict"])
                 info = dict(saved["meta"])
             except Exception as exc:
-                log.warning(f"{path} does not load ({type(exc).__name__}); training the classifier again.")
+                if not quiet:
+                    log.warning(f"{path} does not load ({type(exc).__name__}); training the classifier again.")
                 continue
             info.update(path=str(path), weights_sha256=hashlib.sha256(path.read_bytes()).hexdigest())
             return net.eval(), info
