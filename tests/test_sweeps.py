@@ -118,7 +118,8 @@ def test_a_preempted_submitit_job_is_requeued_and_resumes_where_it_stopped(tmp_p
     proc = subprocess.Popen(
         [sys.executable, "-m", "ganlab", "train", "-m", "hydra/launcher=submitit_local", "model=gan", "dataset=ring8",
          "device=cpu", "train.steps=1500", "train.ckpt_every=1000000", "train.log_every=25", "resume=auto",
-         "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={sweep}"],
+         # an hour's limit: submitit takes the signal for a preemption, not a timeout (<= 10 min jobs)
+         "hydra.launcher.timeout_min=60", f"hydra.sweep.dir={sweep}"],
         cwd=tmp_path, env=offline_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         stdin=subprocess.DEVNULL)
 
