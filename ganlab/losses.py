@@ -19,9 +19,17 @@ from ganlab.errors import GanlabError
 
 def bce_d(d_real: Tensor, d_fake: Tensor, real_target: float | Tensor = 1.0, fake_target: float | Tensor = 0.0) -> Tensor:
     """-E[t log D(x) + (1-t) log(1-D(x))] over reals (target 1) plus fakes (target 0), D = sigmoid."""
-    real = F.binary_cross_entropy_with_logits(d_real, torch.broadcast_to(torch.as_tensor(real_target, dtype=d_real.dtype, device=d_real.device), d_real.shape))
-    fake = F.binary_cross_entropy_with_logits(d_fake, torch.broadcast_to(torch.as_tensor(fake_target, dtype=d_fake.dtype, device=d_fake.device), d_fake.shape))
-    return real + fake
+    return _bce_logits(d_real, real_target) + _bce_logits(d_fake, fake_target)
+
+
+def _bce_logits(logits: Tensor, target: float | Tensor) -> Tensor:
+    """Mean binary cross-entropy of sigmoid(logits) against target. The hard labels 1 and 0 (the
+    default recipe) take the two-kernel softplus form, -log sigmoid(x) = softplus(-x) and
+    -log(1 - sigmoid(x)) = softplus(x); soft, noisy or tensor targets take PyTorch's general one."""
+    if not isinstance(target, Tensor) and target in (0.0, 1.0):
+        return F.softplus(logits if target == 0.0 else -logits).mean()
+    t = torch.broadcast_to(torch.as_tensor(target, dtype=logits.dtype, device=logits.device), logits.shape)
+    return F.binary_cross_entropy_with_logits(logits, t)
 
 
 def minimax_g(d_fake: Tensor) -> Tensor:

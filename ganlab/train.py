@@ -422,22 +422,29 @@ def train(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, on_start=
 
     if on_start is not None:
         on_start()
+    # the loop's knobs as plain Python values: each DictConfig read costs microseconds, every step
+    steps_total, n_critic = int(t.steps), int(t.n_critic)
+    clip_d = None if t.clip_d is None else float(t.clip_d)
+    decay_from = None if t.lr_decay_from is None else float(t.lr_decay_from)
+    log_every, sample_every, ckpt_every = int(t.log_every), int(t.sample_every), int(t.ckpt_every)
+    eval_every = int(ev.every or 0)
+    noisy = float(tricks.instance_noise) > 0
     # the clocks start here: the wall-clock budget (train.max_minutes) and steps/s count training,
     # not the set-up above (data loading, the evaluation reference and its features)
     t_start = last_log_t = time.monotonic()
     with _StopSignals() as stop:
         try:
-            for step in range(start_step + 1, t.steps + 1):
-                noise_std = instance_noise_std(step, tricks, t.steps)
-                if t.lr_decay_from is not None:  # a Python float per step: no sync, nothing to checkpoint
-                    factor = lr_factor(step, t.steps, float(t.lr_decay_from))
+            for step in range(start_step + 1, steps_total + 1):
+                noise_std = instance_noise_std(step, tricks, steps_total) if noisy else 0.0
+                if decay_from is not None:  # a Python float per step: no sync, nothing to checkpoint
+                    factor = lr_factor(step, steps_total, decay_from)
                     for opt, lrs in zip((opt_g, opt_d), base_lrs):
                         for group, lr in zip(opt.param_groups, lrs):
                             group["lr"] = lr * factor
                 step_ok = True
                 # ---- discriminator / critic: n_critic updates on separate real and fake batches
                 d.requires_grad_(True)
-                for _ in range(t.n_critic):
+                for _ in range(n_critic):
                     real, y_real = batches.next()
                     if channels_last:
                         real = real.contiguous(memory_format=torch.channels_last)
@@ -467,8 +474,8 @@ def train(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, on_start=
                     scaler_d.scale(loss_d).backward()
                     scaler_d.step(opt_d)
                     scaler_d.update()
-                    if t.clip_d is not None:
-                        clip_weights(d_params, float(t.clip_d))
+                    if clip_d is not None:
+                        clip_weights(d_params, clip_d)
 
                 # ---- generator: one update, D frozen (its grads from the last D step stay for logging)
                 d.requires_grad_(False)
@@ -501,10 +508,10 @@ def train(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, on_start=
                     acc_steps += 1
                 monitor.tick(step)
 
-                final = step == t.steps
+                final = step == steps_total
                 out_of_time = budget_s is not None and time.monotonic() - t_start >= budget_s
                 stopping = stop.received is not None or out_of_time
-                if step % t.log_every == 0 or final or stopping:
+                if step % log_every == 0 or final or stopping:
                     if bool(first_bad):  # the one host sync per log window
                         raise diverged(step)
                     values = dict(zip(names, (acc / max(acc_steps, 1)).tolist()))
@@ -520,24 +527,24 @@ def train(cfg: DictConfig, run_dir: Path, hparams: dict | None = None, on_start=
                     values["Grad/G_norm"] = float(grad_norm(g))
                     if noise_std > 0:
                         values["Tricks/instance_noise_std"] = noise_std
-                    if t.lr_decay_from is not None:
+                    if decay_from is not None:
                         values["Train/lr_g"] = opt_g.param_groups[0]["lr"]
                     if skip_nan:
                         values["Train/skipped_updates"] = float(skipped)
                     now = time.monotonic()
                     values["Perf/steps_per_s"] = (step - last_log_step) / max(now - last_log_t, 1e-9)
-                    values["Perf/images_per_s"] = values["Perf/steps_per_s"] * batch * (2 * t.n_critic + 1)
+                    values["Perf/images_per_s"] = values["Perf/steps_per_s"] * batch * (2 * n_critic + 1)
                     if not acc_steps:  # every update of the window was skipped: no loss means to show
                         values = {k: v for k, v in values.items() if k.startswith(("Train/", "Perf/"))}
                     monitor.scalars(step, values)
                     last = values if acc_steps else last
                     acc.zero_()
                     acc_steps, last_log_t, last_log_step = 0, now, step
-                if step % t.sample_every == 0 or final or stopping:
+                if step % sample_every == 0 or final or stopping:
                     samples_to_tb(step)
-                if scorer is not None and ev.every and step % ev.every == 0 and not final:
+                if scorer is not None and eval_every and step % eval_every == 0 and not final:
                     evaluate_now(step)
-                if step % t.ckpt_every == 0 or final or stopping:
+                if step % ckpt_every == 0 or final or stopping:
                     checkpoint(step)
                 if stopping and not final:
                     why = (f"train.max_minutes={t.max_minutes} reached" if out_of_time

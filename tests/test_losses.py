@@ -37,6 +37,30 @@ def test_bce_discriminator_soft_targets_golden():
     assert LOSSES["nonsaturating"].d(R, F, real_target=0.9).item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_bce_hard_labels_match_pytorch_bce_with_logits_in_value_and_gradient():
+    """The softplus form taken for labels 1/0 is PyTorch's BCE-with-logits, far into both tails too."""
+    import torch.nn.functional as nnf
+
+    x = torch.tensor([-40.0, -12.0, -1.5, 0.0, 0.3, 7.0, 35.0], dtype=torch.float64)
+    for target in (1.0, 0.0):
+        a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        ours = LOSSES["nonsaturating"].d(a, a.detach() * 0 + 100, real_target=target, fake_target=0.0)
+        ref = nnf.binary_cross_entropy_with_logits(b, torch.full_like(b, target)) + \
+            nnf.binary_cross_entropy_with_logits(b.detach() * 0 + 100, torch.zeros_like(b))
+        ours.backward()
+        ref.backward()
+        assert ours.item() == pytest.approx(ref.item(), rel=1e-12, abs=1e-12)
+        assert torch.allclose(a.grad, b.grad, rtol=1e-12, atol=1e-15)
+
+
+def test_bce_per_sample_tensor_targets_golden():
+    # noisy labels arrive as one target per sample
+    real_t, fake_t = torch.tensor([1.0, 0.8]), torch.tensor([0.0, 0.3])
+    expected = (sp(-2.0) + 0.8 * sp(1.0) + 0.2 * sp(-1.0)) / 2 + (sp(0.5) + 0.7 * sp(-3.0) + 0.3 * sp(3.0)) / 2
+    assert LOSSES["nonsaturating"].d(R, F, real_target=real_t, fake_target=fake_t).item() == \
+        pytest.approx(expected, rel=1e-6)
+
+
 def test_minimax_generator_golden():
     # E[log(1 - sigmoid(f))] = -E[softplus(f)]
     assert LOSSES["minimax"].g(F).item() == pytest.approx(-(sp(0.5) + sp(-3.0)) / 2, rel=1e-6)

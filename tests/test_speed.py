@@ -134,3 +134,4 @@ def test_benchmark_script_reports_an_overhead_ratio(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     last = out.stdout.strip().splitlines()[-1]
     assert last.startswith("overhead_ratio ") and float(last.split()[1]) > 0
+    assert "ratio " in out.stdout and "(pairs " in out.stdout  # the per-case line with its spread
