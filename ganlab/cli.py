@@ -31,13 +31,16 @@ _GROUPS = ("model", "dataset", "loss", "optimizer", "penalty", "experiment")
 _sweep_failures: list[str] = []
 
 
+_RESUME_TIME = "%Y-%m-%d_%H-%M-%S"  # a resumed run's Hydra files go to .hydra/resume-<this time>/
+
+
 def _hydra_subdir(output_dir: str) -> str:
     """Where Hydra writes a job's files under `resume=auto`: `.hydra/` for a new run, beside it
     (`.hydra/resume-<time>/`) when the dir holds a run to continue, as `resume=true` does."""
     import time
 
     if (Path(output_dir) / "checkpoints" / "last.pt").exists():
-        return time.strftime(".hydra/resume-%Y-%m-%d_%H-%M-%S")
+        return time.strftime(f".hydra/resume-{_RESUME_TIME}")
     return ".hydra"
 
 
@@ -225,7 +228,7 @@ def _prepare_run_dir(args: list[str]) -> list[str]:
         run_dir = path if path.is_dir() else (path.parent.parent if path.parent.name == "checkpoints" else path.parent)
         args = [*args, f"hydra.run.dir='{run_dir.resolve()}'"]
     if resuming:
-        args = [*args, "hydra.output_subdir=.hydra/resume-${now:%Y-%m-%d_%H-%M-%S}"]
+        args = [*args, f"hydra.output_subdir=.hydra/resume-${{now:{_RESUME_TIME}}}"]
     elif run_dir_arg and "-m" not in args and "--multirun" not in args and \
             (Path(run_dir_arg).expanduser() / "checkpoints" / "last.pt").exists():
         raise GanlabError(f"{run_dir_arg} already holds a run (checkpoints/last.pt); add resume=true to continue it, "

@@ -141,14 +141,6 @@ def run_bare(cfg_overrides: list[str], steps: int, device: torch.device) -> floa
     return steps / (time.perf_counter() - t0)
 
 
-def _percentile(sorted_values: list[float], q: float) -> float:
-    """Linear-interpolated percentile of an already sorted list."""
-    pos = (len(sorted_values) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
-
-
 def peak_memory(device: torch.device) -> str:
     if device.type != "cuda":
         return "-"
@@ -208,8 +200,9 @@ def main() -> None:
                     bare.append(run_bare(ov, steps[model], device))
             ours_s, bare_s = statistics.median(ours), statistics.median(bare)
             ratio = ours_s / bare_s
-            pairs = sorted(o / b for o, b in zip(ours, bare))
-            spread = f"{_percentile(pairs, 25):.2f}-{_percentile(pairs, 75):.2f}"
+            pairs = [o / b for o, b in zip(ours, bare)]
+            q1, _, q3 = statistics.quantiles(pairs, n=4, method="inclusive") if len(pairs) > 1 else pairs * 3
+            spread = f"{q1:.2f}-{q3:.2f}"
             ratios[(model, size, amp, comp)] = ratio
             speed[(model, size, amp, comp)] = ours_s * per_image
             table.add_row(model, f"{SIZES[size][1]}px", amp, "yes" if comp else "no", f"{ours_s * per_image:,.0f}",
