@@ -1,7 +1,12 @@
-"""Checkpoints: one dict of plain containers and tensors, written atomically, read with weights_only."""
+"""Checkpoints: one dict of plain containers and tensors, written atomically, read with weights_only.
+
+The training loop writes them (ganlab.train), sampling and evaluation read them: both meet here,
+below either.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import tempfile
@@ -11,6 +16,8 @@ from pathlib import Path
 import torch
 
 from ganlab.errors import GanlabError
+
+log = logging.getLogger("ganlab")
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
@@ -64,7 +71,7 @@ def write_checkpoints(state: dict, ckpt_dir: Path, step: int, keep: int) -> Path
     return last
 
 
-REQUIRED_KEYS = ("generator", "discriminator", "step", "config")
+REQUIRED_KEYS = ("step", "config")
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
@@ -82,7 +89,46 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
         ) from None
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
         raise GanlabError(
-            f"checkpoint {path} is not a ganlab checkpoint (it lacks {', '.join(REQUIRED_KEYS)}); "
+            f"checkpoint {path} is not a ganlab checkpoint (it lacks {', '.join(REQUIRED_KEYS)} or is not a dict); "
             "give the path of a run's checkpoints/last.pt."
         )
     return state
+
+
+def load_latest(ckpt_dir: Path, map_location="cpu") -> tuple[dict, Path]:
+    """The run's newest intact checkpoint: checkpoints/last.pt, or, when that file is truncated or
+    corrupt (a crash mid-write on a file system without atomic renames, a full disk, a bad copy),
+    the newest numbered step_XXXXXXXX.pt that loads, with a warning naming what was skipped. Only
+    when none loads is it an error."""
+    ckpt_dir = Path(ckpt_dir)
+    last = ckpt_dir / "last.pt"
+    try:
+        return load_checkpoint(last, map_location), last
+    except GanlabError as first:
+        skipped = [f"last.pt ({first})"]
+        for numbered in sorted(ckpt_dir.glob("step_*.pt"), reverse=True):
+            try:
+                state = load_checkpoint(numbered, map_location)
+            except GanlabError as exc:
+                skipped.append(f"{numbered.name} ({exc})")
+                continue
+            log.warning(f"{last} cannot be read; resuming from {numbered.name} (step {state['step']}), the newest intact "
+                        f"checkpoint. Skipped: " + "; ".join(skipped))
+            return state, numbered
+        raise GanlabError(f"no checkpoint in {ckpt_dir} can be read ({'; '.join(skipped)}); start a new run "
+                          "in another hydra.run.dir.") from None
+
+
+def checkpoint_path(run: str, which) -> Path:
+    """A run dir's checkpoint by name: `last`, `best` (kept by eval.monitor) or a step; a file as is."""
+    path = Path(str(run)).expanduser()
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise GanlabError(f"run={run}: no such run dir or checkpoint; give a run dir of `ganlab train`.")
+    name = f"{which}.pt" if str(which) in ("last", "best") else f"step_{int(which):08d}.pt"
+    ckpt = path / "checkpoints" / name
+    if not ckpt.is_file():
+        have = ", ".join(sorted(p.name for p in (path / "checkpoints").glob("*.pt"))) or "none"
+        raise GanlabError(f"{ckpt} does not exist (checkpoints there: {have}); pick one with checkpoint=last, best or a step.")
+    return ckpt

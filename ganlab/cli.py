@@ -97,6 +97,27 @@ def _split_threads(cfg, hc) -> None:
     torch.set_num_threads(max(1, cores // max(1, n_jobs)))
 
 
+def _optimizing(hc) -> bool:
+    """Whether the sweep's sweeper optimizes a number the task returns (Optuna, Ax, Nevergrad, ...)."""
+    return "BasicSweeper" not in str(hc.sweeper.get("_target_", "BasicSweeper"))
+
+
+def default_optimize_metric(cfg) -> str | None:
+    """What an optimizing sweeper minimizes when optimize_metric is not set: Metrics/reverse_kl (the
+    mode histogram's KL to uniform, scored at the end of every run) for the 2D mixtures,
+    Metrics/fd (the final Fréchet distance) for images when runs are evaluated (eval.every), else
+    None (nothing is scored at the end of an image run)."""
+    from ganlab.data.sources import build_source
+
+    try:
+        kind = build_source(cfg.dataset).kind  # reads no data
+    except GanlabError:
+        return None
+    if kind == "points":
+        return "Metrics/reverse_kl"
+    return "Metrics/fd" if cfg.eval.get("every") else None
+
+
 def _train_task(cfg):
     import time
 
@@ -110,6 +131,7 @@ def _train_task(cfg):
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     hparams = _hparams(hc)
+    optimizing = hc.mode == RunMode.MULTIRUN and _optimizing(hc)
     _split_threads(cfg, hc)
     import torch
 
@@ -128,7 +150,7 @@ def _train_task(cfg):
     try:
         result = train(cfg, run_dir, hparams=hparams, on_start=on_start)
         if result.get("finished_before"):  # resume=auto on a finished run: its record stands
-            return _recorded_result(cfg, read_status(run_dir) or {}, result)
+            return _recorded_result(cfg, read_status(run_dir) or {}, result, optimizing)
     except GanlabError as exc:
         status = "diverged" if isinstance(exc, DivergedError) else "failed"
         if started or not existing:
@@ -159,14 +181,15 @@ def _train_task(cfg):
     metrics = {k: v for k, v in result.items() if "/" in k}
     write_status(run_dir, status=status, step=result["step"], wall_s=time.monotonic() - t0, metrics=metrics,
                  ended=time.time())
-    return _recorded_result(cfg, {"metrics": metrics}, result)
+    return _recorded_result(cfg, {"metrics": metrics}, result, optimizing)
 
 
-def _recorded_result(cfg, record: dict, result: dict):
-    """What the task returns: the final values, or the one an optimizing sweeper asked for."""
+def _recorded_result(cfg, record: dict, result: dict, optimizing: bool = False):
+    """What the task returns: the final values, or the one an optimizing sweeper asks for
+    (optimize_metric, or the default for the data when an optimizing sweeper runs without it)."""
     metrics = record.get("metrics") or {}
     result = {**result, **metrics}
-    metric = cfg.get("optimize_metric")
+    metric = cfg.get("optimize_metric") or (default_optimize_metric(cfg) if optimizing else None)
     if metric:  # what an optimizing sweeper (Optuna) minimizes or maximizes
         if metric not in result:
             _report_error(f"optimize_metric={metric} is not among this run's final values ({', '.join(metrics)}).")
@@ -182,7 +205,27 @@ except ImportError:  # pragma: no cover
 
 
 class SweepStatus(Callback):
-    """After a sweep (any launcher, jobs in this process or not): count the runs that failed."""
+    """Before a sweep: an optimizing sweeper (Optuna) without optimize_metric gets the data's default
+    metric, or one line naming the fix before any trial runs. After it (any launcher, jobs in this
+    process or not): count the runs that failed."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        if not _optimizing(config.hydra) or config.get("optimize_metric"):
+            return
+        direction = config.hydra.sweeper.get("direction", "minimize")
+        direction = getattr(direction, "name", direction)  # Optuna's structured config holds an enum
+        metric = default_optimize_metric(config)
+        if metric is None or str(direction) != "minimize":
+            why = ("image runs are scored at the end only with eval.every" if metric is None
+                   else f"hydra.sweeper.direction={direction}, while the default {metric} is to be minimized")
+            _report_error(f"an optimizing sweeper needs the number to optimize and optimize_metric is not set ({why}): "
+                          "add optimize_metric=NAME (e.g. optimize_metric=Metrics/fd eval.every=1000 for images, "
+                          "Metrics/reverse_kl for ring8/grid25) and the matching hydra.sweeper.direction.")
+            raise SystemExit(2)
+        import logging
+
+        logging.getLogger("ganlab").info(f"optimize_metric is not set: the sweeper minimizes {metric}, each run's "
+                                         "final value (optimize_metric=NAME picks another)")
 
     def on_multirun_end(self, config, **kwargs) -> None:
         from ganlab.runinfo import find_runs, read_status

@@ -107,9 +107,7 @@ def validate(cfg: DictConfig) -> None:
         raise GanlabError(f"eval.n={ev.n} is too small to score: use at least 10 (thousands for real numbers).")
     if ev.mode not in ("min", "max"):
         raise GanlabError(f"eval.mode={ev.mode!r} is not valid: use min or max.")
-    from ganlab.metrics import METRICS
-
-    from ganlab.evaluate import FEATURES
+    from ganlab.metrics import FEATURES, METRICS
 
     if isinstance(ev.metrics, str):
         if ev.metrics != "auto":

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.utils.tensorboard import SummaryWriter
 
 log = logging.getLogger("ganlab")
@@ -25,12 +25,15 @@ def _fmt_duration(seconds: float) -> str:
 
 
 class Monitor:
-    def __init__(self, run_dir: Path, total_steps: int, mode: str = "auto", start_step: int = 0):
+    def __init__(self, run_dir: Path, total_steps: int, mode: str = "auto", start_step: int = 0,
+                 budget_s: float | None = None):
         # purge_step: TensorBoard drops events at or after it from earlier files (a resumed run
-        # re-logs the steps after its checkpoint, so they never show twice)
-        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tb"), purge_step=start_step + 1 if start_step else None)
+        # re-logs the steps after its checkpoint, and a run started again after being killed before
+        # its first checkpoint re-logs all of them, so no step shows twice)
+        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tb"), purge_step=start_step + 1)
         self.total = total_steps
         self.start_step = start_step
+        self.budget_s = budget_s  # train.max_minutes: the run stops then, whatever the step count says
         self.t0 = time.monotonic()
         console = Console(file=sys.stdout)
         if mode == "auto":
@@ -40,13 +43,25 @@ class Monitor:
         if mode == "rich":
             self.progress = Progress(
                 TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                TimeRemainingColumn(), TextColumn("{task.fields[losses]}"),
-                console=console, transient=False,
+                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}"),
+                TextColumn("{task.fields[losses]}"), console=console, transient=False,
             )
             self.task = self.progress.add_task("train", total=total_steps, completed=start_step,
-                                               rate="", losses="")
+                                               rate="", losses="", eta="-:--:--")
             self.progress.start()
+
+    def start_clock(self) -> None:
+        """The training clock (steps/s, ETA, the time budget) starts with the first step, not the set-up."""
+        self.t0 = time.monotonic()
+
+    def eta(self, step: int) -> float:
+        """Seconds left: the steps still to go at the rate so far, or the time budget left when that
+        ends the run first (train.max_minutes)."""
+        elapsed = time.monotonic() - self.t0
+        left = elapsed / max(step - self.start_step, 1) * (self.total - step)
+        if self.budget_s is not None:
+            left = min(left, max(0.0, self.budget_s - elapsed))
+        return left
 
     def tick(self, step: int) -> None:
         """Move the progress bar (host-side only: no device sync)."""
@@ -59,13 +74,12 @@ class Monitor:
         losses = "  ".join(f"{k.split('/')[-1]} {values[k]:.4g}" for k in ("Loss/D", "Loss/G") if k in values)
         rate = values.get("Perf/steps_per_s", 0.0)
         if self.progress is not None:
-            self.progress.update(self.task, completed=step, rate=f"{rate:.1f} it/s", losses=losses)
+            self.progress.update(self.task, completed=step, rate=f"{rate:.1f} it/s", losses=losses,
+                                 eta=_fmt_duration(self.eta(step)))
         elif self.mode == "plain" and not losses:
             log.info(f"step {step}/{self.total}  " + "  ".join(f"{k} {v:.4g}" for k, v in values.items()))
         elif self.mode == "plain":
-            elapsed = time.monotonic() - self.t0
-            done = max(step - self.start_step, 1)
-            eta = elapsed / done * (self.total - step)
+            eta = self.eta(step)
             extras = "  ".join(f"{k} {v:.3g}" for k, v in values.items() if k.startswith(("D/", "Metrics/")))
             log.info(f"step {step}/{self.total}  {losses}  {extras}  {rate:.1f} it/s  "
                      f"{values.get('Perf/images_per_s', 0.0):.0f} img/s  ETA {_fmt_duration(eta)}")

@@ -7,24 +7,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ganlab.checkpoint import load_checkpoint
+from ganlab.checkpoint import checkpoint_path, load_checkpoint
+from ganlab.device import resolve_device
 from ganlab.errors import GanlabError
-from ganlab.models import generate, load_generator
-from ganlab.train import resolve_device
-
-
-def checkpoint_path(run: str, which) -> Path:
-    path = Path(str(run)).expanduser()
-    if path.is_file():
-        return path
-    if not path.is_dir():
-        raise GanlabError(f"run={run}: no such run dir or checkpoint; give a run dir of `ganlab train`.")
-    name = f"{which}.pt" if str(which) in ("last", "best") else f"step_{int(which):08d}.pt"
-    ckpt = path / "checkpoints" / name
-    if not ckpt.is_file():
-        have = ", ".join(sorted(p.name for p in (path / "checkpoints").glob("*.pt"))) or "none"
-        raise GanlabError(f"{ckpt} does not exist (checkpoints there: {have}); pick one with checkpoint=last, best or a step.")
-    return ckpt
+from ganlab.models import generate
+from ganlab.objectives import load_generator
 
 
 def to_uint8_nhwc(x: torch.Tensor) -> np.ndarray:

@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from ganlab.data.synthetic import make_cifar, make_idx
 from ganlab.losses import gradient_penalty
 from ganlab.models import build_models
-from ganlab.train import make_optimizers, train
+from ganlab.optim import make_optimizers
+from ganlab.train import train
 
 SIZES = {"mnist": ("mnist", 28), "cifar": ("cifar10", 32), "cifar64": ("cifar10", 64)}
 CASES_OVERRIDE = None  # tests run the script on one tiny case through these

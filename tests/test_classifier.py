@@ -143,6 +143,46 @@ def test_a_read_only_data_dir_caches_in_the_user_cache(tmp_path, monkeypatch):
     assert info["weights"].startswith(str(tmp_path / "cache" / "ganlab" / "classifiers"))
 
 
+def _untrained(monkeypatch):
+    """Where the classifier is cached, not how well it classifies, is under test: skip its training."""
+    import ganlab.metrics.classifier as c
+
+    monkeypatch.setattr(c, "_train", lambda x, y, n, device: (c.SmallCNN(x.shape[1], n).eval(), 0.0))
+
+
+def test_a_system_data_dir_is_never_written_the_cache_goes_to_the_user_cache(tmp_path, monkeypatch):
+    """Debian's dataset-fashion-mnist (/usr/share/datasets/fashion-mnist, found through
+    dataset.system_dirs) is writable for root: the classifier still goes to the user's cache."""
+    from ganlab.data.sources import IdxSource
+    from ganlab.metrics.classifier import classifier_features
+
+    _untrained(monkeypatch)
+
+    system = tmp_path / "share" / "datasets" / "fashion-mnist"
+    make_idx(system, n=100, raw=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    src = IdxSource("fashion_mnist", "FashionMNIST", tmp_path / "empty", system_dirs=[system], download=False)
+    _, info = classifier_features(src, torch.device("cpu"))
+    assert info["weights"].startswith(str(tmp_path / "cache" / "ganlab" / "classifiers"))
+    assert not list(system.glob("ganlab-classifier-*")) and not list(system.glob(".*lock"))
+
+
+def test_a_data_dir_of_another_user_is_never_written(tmp_path, monkeypatch):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a folder to another user")
+    from ganlab.data.sources import IdxSource
+    from ganlab.metrics.classifier import classifier_features
+
+    _untrained(monkeypatch)
+    make_idx(tmp_path / "theirs", "MNIST", n=100)
+    raw = tmp_path / "theirs" / "MNIST" / "raw"
+    os.chown(raw, 65534, 65534)  # nobody's
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    _, info = classifier_features(IdxSource("mnist", "MNIST", tmp_path / "theirs", download=False), torch.device("cpu"))
+    assert info["weights"].startswith(str(tmp_path / "cache" / "ganlab" / "classifiers"))
+    assert not list(raw.glob("ganlab-classifier-*"))
+
+
 def test_stacked_mnist_has_1000_modes_from_three_digits(digits_root):
     from ganlab.data.sources import IdxSource, StackedMnistSource
 

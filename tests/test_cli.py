@@ -2,11 +2,38 @@
 events, a multirun sweep, and one clear message (no traceback) for every bad input."""
 
 import json
+import re
+import shlex
 
 import pytest
 import torch
 
-from conftest import make_idx, make_image_folder, read_events, run_cli
+from conftest import REPO, make_idx, make_image_folder, read_events, run_cli
+
+
+def test_the_readme_demo_ends_in_a_visible_success_and_says_where_to_look(tmp_path):
+    """The set-up command's demo, as the README has it: all 8 modes of ring8 by the strict rule,
+    most samples on a mode, and the last lines name the run dir, TensorBoard and the mode count."""
+    setup = next(line for line in (REPO / "README.md").read_text().splitlines() if line.startswith("python3 -m venv"))
+    demo = shlex.split(setup.split(".venv/bin/ganlab ", 1)[1])
+    run = tmp_path / "demo"
+    out = run_cli(*demo, f"hydra.run.dir={run}", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    metrics = json.loads((run / "status.json").read_text())["metrics"]
+    assert metrics["Metrics/modes_captured_strict"] == 8 and metrics["Metrics/high_quality"] >= 0.8, metrics
+    last = out.stdout.strip().splitlines()[-3:]
+    assert re.search(r"done: step \d+ in [\d.]+s: 8 of 8 modes \(8 with >= 1% of the samples\), \d+\.\d% of samples", last[0])
+    assert last[1].strip() == f"run dir: {run}" and last[2].strip() == f"TensorBoard: tensorboard --logdir {run / 'tb'}"
+
+
+def test_the_eta_counts_with_the_time_budget(tmp_path):
+    """train.max_minutes ends the run before train.steps would: the ETA says so (not 48 hours)."""
+    out = run_cli("train", "model=gan", "dataset=ring8", "device=cpu", "train.steps=10000000", "train.max_minutes=0.05",
+                  "train.log_every=50", "train.ckpt_every=10000000", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    etas = [tuple(map(int, m)) for m in re.findall(r"ETA (\d+):(\d\d):(\d\d)", out.stdout)]
+    assert etas and all(h * 3600 + m * 60 + s <= 3 for h, m, s in etas), etas
+    assert "train.max_minutes=0.05 reached" in out.stdout
 
 
 def test_top_level_help_lists_the_commands(tmp_path):

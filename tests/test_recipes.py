@@ -9,7 +9,8 @@ from ganlab.checkpoint import load_checkpoint
 from ganlab.data.sources import MixtureSource
 from ganlab.errors import GanlabError
 from ganlab.metrics import mixture_metrics
-from ganlab.models import build_models, generate, load_generator
+from ganlab.models import build_models, generate
+from ganlab.objectives import load_generator
 from ganlab.train import train
 from conftest import MODELS, compose, dataset_overrides, make_idx, run_cli
 

@@ -11,6 +11,7 @@ import time
 import pytest
 import torch
 
+from ganlab.errors import GanlabError
 from ganlab.train import train
 from conftest import compose, make_idx, make_image_folder, offline_env, read_events, run_cli
 
@@ -37,39 +38,86 @@ def _wait_for(predicate, proc, timeout=120):
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("model", ["dcgan", "wgan_gp"])
-def test_sigkill_then_resume_is_bit_identical(model, tmp_path):
-    data = tmp_path / "data"
-    make_idx(data, n=200)
-    steps = 400
-    whole = run_cli(*_args(model, data, tmp_path / "whole", steps), cwd=tmp_path)
-    assert whole.returncode == 0, whole.stdout + whole.stderr
+def _numbered_steps(run) -> list[int]:
+    return sorted(int(p.stem.split("_")[1]) for p in (run / "checkpoints").glob("step_*.pt"))
 
-    run = tmp_path / "killed"
-    proc = _popen(_args(model, data, run, steps), tmp_path)
-    _wait_for(lambda: (run / "checkpoints" / "step_00000020.pt").exists(), proc)
-    time.sleep(random.uniform(0.0, 0.5))  # a random step after a checkpoint
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    killed_at = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"]
-    assert killed_at < steps
 
-    resumed = run_cli(*_args(model, data, run, steps), "resume=true", cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert f"resuming at step {killed_at}" in resumed.stdout
-
-    a = torch.load(tmp_path / "whole" / "checkpoints" / "last.pt", weights_only=True)
-    b = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
-    assert a["step"] == b["step"] == steps
+def _assert_same_training_state(a, b):
+    assert a["step"] == b["step"]
     for part in ("generator", "discriminator"):
         assert a[part].keys() == b[part].keys()
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), (part, key)
+    for part in ("opt_g", "opt_d"):
+        for index, slots in a[part]["state"].items():
+            for slot, value in slots.items():
+                assert torch.equal(value, b[part]["state"][index][slot]), (part, index, slot)
+
+
+@pytest.mark.parametrize("model", ["dcgan", "wgan_gp"])
+def test_ten_sigkills_in_a_row_each_resumed_end_bit_identical(model, tmp_path):
+    """SIGKILL at 10 random moments in a row (during start-up, mid-step, mid-checkpoint-write, ...),
+    each time resumed with resume=auto: the run ends bit-identical to one never interrupted."""
+    data = tmp_path / "data"
+    make_idx(data, n=200)
+    steps = 400
+    whole = _popen(_args(model, data, tmp_path / "whole", steps), tmp_path)  # beside the killed runs: 2 cores
+
+    run, rng, kills = tmp_path / "killed", random.Random(), []
+    for _ in range(10):
+        done = (_numbered_steps(run) or [0])[-1] if (run / "checkpoints").exists() else 0
+        proc = _popen(_args(model, data, run, steps, "resume=auto"), tmp_path)
+        if rng.random() < 0.3:  # anywhere: start-up, data loading, the first steps
+            time.sleep(rng.uniform(0.0, 4.0))
+        else:  # a random moment after the run has made progress
+            _wait_for(lambda: (_numbered_steps(run) or [0])[-1] > done if (run / "checkpoints").exists() else False, proc)
+            time.sleep(rng.uniform(0.0, 0.3))
+        assert proc.poll() is None, "the run finished before it could be killed: " + proc.stdout.read()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL
+        kills.append((_numbered_steps(run) or [0])[-1] if (run / "checkpoints").exists() else 0)
+    assert kills[-1] < steps
+
+    resumed = run_cli(*_args(model, data, run, steps), "resume=auto", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    whole_out, _ = whole.communicate(timeout=600)
+    assert whole.returncode == 0, whole_out
+    assert ("resuming at step" in resumed.stdout) == bool(kills[-1]), (kills, resumed.stdout)
+    a = torch.load(tmp_path / "whole" / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert a["step"] == steps
+    _assert_same_training_state(a, b)
     # the TensorBoard logs continue without duplicate steps
     logged = [e.step for e in read_events(run / "tb").Scalars("Loss/D")]
     assert logged == sorted(set(logged)) and logged[-1] == steps
     assert logged == [e.step for e in read_events(tmp_path / "whole" / "tb").Scalars("Loss/D")]
+
+
+def test_a_truncated_latest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path, caplog):
+    """last.pt (a hard link to the newest numbered file) cut short: resume warns, continues from the
+    newest numbered checkpoint that loads, and still ends bit-identical to an uninterrupted run."""
+    def run(where, steps, *extra):
+        cfg = compose("model=gan", "dataset=ring8", "device=cpu", f"train.steps={steps}", "train.ckpt_every=10",
+                      "train.log_every=10", "train.keep_ckpts=3", "train.progress=none", *extra)
+        return train(cfg, where)
+
+    run(tmp_path / "whole", 40)
+    run(tmp_path / "run", 30)
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # step_00000030.pt is the same file
+    with caplog.at_level("INFO", logger="ganlab"):
+        run(tmp_path / "run", 40, "resume=true")
+    assert "cannot be read; resuming from step_00000020.pt (step 20), the newest intact checkpoint" in caplog.text
+    assert "step_00000030.pt (" in caplog.text and "resuming at step 20" in caplog.text
+    _assert_same_training_state(torch.load(tmp_path / "whole" / "checkpoints" / "last.pt", weights_only=True),
+                                torch.load(last, weights_only=True))
+
+    for numbered in (tmp_path / "run" / "checkpoints").glob("step_*.pt"):  # nothing intact left: one clear error
+        numbered.write_bytes(b"not a checkpoint")
+    last.write_bytes(b"")
+    with pytest.raises(GanlabError, match="no checkpoint in .* can be read"):
+        run(tmp_path / "run", 50, "resume=true")
 
 
 def test_image_folder_resume_reads_on_where_it_stopped(tmp_path):

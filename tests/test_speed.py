@@ -11,8 +11,10 @@ import pytest
 import torch
 
 import ganlab
+from ganlab.errors import GanlabError
 from ganlab.losses import gradient_penalty
-from ganlab.train import make_optimizers, train
+from ganlab.optim import make_optimizers
+from ganlab.train import train
 from conftest import REPO, compose, dataset_overrides
 
 
@@ -31,6 +33,23 @@ def test_mixed_precision_gives_finite_losses(amp, model, dataset, data_root, tmp
     assert all(math.isfinite(v) for k, v in result.items() if k.startswith("Loss/"))
     state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     assert state["scaler_d"] if amp == "fp16" else True  # the grad scaler's state travels with the run
+
+
+@pytest.mark.parametrize("penalty", ["gp", "r1"])
+def test_an_fp16_overflow_the_grad_scaler_absorbs_is_no_divergence(penalty, data_root, tmp_path):
+    """With n_critic 1, the first steps' penalties of scaled scores overflow in fp16 (scale 65536):
+    the scaler skips those updates and lowers its scale, as AMP intends; the run goes on."""
+    result = _few_steps(tmp_path, "model=dcgan", "dataset=mnist", f"penalty={penalty}", "model.d_norm=none",
+                        "train.amp=fp16", *dataset_overrides("mnist", data_root))
+    assert result["step"] == 4
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert state["scaler_d"]["scale"] < 65536.0  # it did absorb overflows
+
+
+def test_a_real_divergence_under_fp16_is_still_caught(tmp_path):
+    with pytest.raises(GanlabError, match="diverged"):
+        _few_steps(tmp_path, "model=gan", "dataset=ring8", "loss=least_squares", "optimizer.lr=1e6", "train.amp=fp16",
+                   "train.steps=200", "train.log_every=5", "train.ckpt_every=1000")
 
 
 @pytest.mark.parametrize("model", ["gan", "wgan_gp"])

@@ -99,6 +99,33 @@ def test_optuna_search_survives_a_failed_trial_and_the_report_shows_the_best(tmp
     assert any("train.n_critic=0 is not valid" in r["error"] for r in rows)
 
 
+def test_the_documented_optuna_sweeper_without_optimize_metric_optimizes_the_data_default(tmp_path):
+    """`-m hydra/sweeper=optuna` (Hydra's documented way) with no optimize_metric: 2D runs are
+    scored at the end, so the study minimizes their Metrics/reverse_kl and finishes; no plugin
+    chatter (alembic's "setup plugin" lines) and no traceback."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "optuna"
+    out = run_cli("train", "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3", "model=gan", "dataset=ring8",
+                  "train.steps=20", "device=cpu", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "the sweeper minimizes Metrics/reverse_kl" in out.stdout
+    assert "setup plugin" not in out.stdout + out.stderr and "Traceback" not in out.stdout + out.stderr
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_value"]
+    values = [_status(p)["metrics"]["Metrics/reverse_kl"] for p in sweep.iterdir() if p.is_dir()]
+    assert len(values) == 3 and best == pytest.approx(min(values))
+
+
+def test_an_optimizing_sweep_of_images_without_a_metric_stops_before_any_trial(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "optuna"
+    out = run_cli("train", "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3", "model=gan", "dataset=mnist",
+                  "train.steps=20", "device=cpu", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stdout + out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and "optimize_metric is not set" in errors[0] and "optimize_metric=Metrics/fd eval.every" in errors[0]
+    assert not sweep.exists() or not any(p.is_dir() for p in sweep.iterdir())  # no trial ran
+
+
 def test_submitit_local_runs_a_job(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     sweep = tmp_path / "submitit"

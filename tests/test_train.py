@@ -8,7 +8,8 @@ import torch
 
 from ganlab.errors import GanlabError
 from ganlab.models import build_models
-from ganlab.train import resolve_device, train
+from ganlab.device import resolve_device
+from ganlab.train import train
 from conftest import DATASETS, MODELS, compose, dataset_overrides, read_events
 
 IMAGE_SETS = {"mnist", "fashion_mnist", "cifar10", "image_folder", "stacked_mnist"}

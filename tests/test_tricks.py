@@ -6,12 +6,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import ganlab.train as train_mod
+import ganlab.objectives.adversarial as objective_mod
 from ganlab.errors import GanlabError
 from ganlab.losses import LOSSES
 from ganlab.models import build_models
 from ganlab.models.base import MinibatchStdDev
-from ganlab.train import make_optimizers, train
+from ganlab.optim import make_optimizers
+from ganlab.train import train
 from ganlab.tricks import EMA, d_targets, instance_noise_std
 from conftest import compose, read_events
 
@@ -59,8 +60,8 @@ def _spy_loss(monkeypatch, name="nonsaturating"):
         return real.d(d_real, d_fake, **kw)
 
     spy = dataclasses.replace(real, d=d)
-    orig = train_mod.get_loss
-    monkeypatch.setattr(train_mod, "get_loss", lambda cfg: (spy, *orig(cfg)[1:]))
+    orig = objective_mod.get_loss
+    monkeypatch.setattr(objective_mod, "get_loss", lambda cfg: (spy, *orig(cfg)[1:]))
     return seen
 
 
@@ -107,14 +108,14 @@ def test_instance_noise_schedule_anneals_to_zero():
 
 def test_instance_noise_reaches_d_inputs(monkeypatch, tmp_path):
     stds = []
-    orig = train_mod.build_models
+    orig = objective_mod.build_models
 
     def spy_build(model_cfg, source):
         g, d = orig(model_cfg, source)
         d.features.register_forward_pre_hook(lambda m, args: stds.append(args[0].detach().std().item()))
         return g, d
 
-    monkeypatch.setattr(train_mod, "build_models", spy_build)
+    monkeypatch.setattr(objective_mod, "build_models", spy_build)
     _run(tmp_path, "tricks.instance_noise=20.0", "train.steps=1")
     assert min(stds) > 10  # ring8 points have std ~1.4; with the noise, ~20
     stds.clear()

@@ -87,6 +87,10 @@ class _ImageSource:
     def shape(self) -> tuple[int, ...]:
         return (self.channels, self.resolution, self.resolution)
 
+    def data_dir_is_system(self) -> bool:
+        """Whether the data are read from a system data dir (dataset.system_dirs): nothing is written there."""
+        return False
+
 
 class IdxSource(_ImageSource):
     """MNIST-style IDX files: <root>/<folder>/raw/ (torchvision's layout), <root>/<folder>/, <root>/,
@@ -117,6 +121,9 @@ class IdxSource(_ImageSource):
         """The folder the IDX files are read from (after load(); where a classifier is cached)."""
         found = self._find()
         return found[0].parent if found else self.root / self.folder / "raw"
+
+    def data_dir_is_system(self) -> bool:
+        return self.data_dir() in self.system_dirs
 
     def load(self) -> tuple[torch.Tensor, torch.Tensor]:
         found = self._find()

@@ -28,5 +28,9 @@ METRICS = {
     "classes": Metric(class_histogram, "probs", "classes captured, KL of class histogram to real and uniform"),
 }
 
-__all__ = ["METRICS", "Metric", "class_histogram", "fd", "frechet_distance", "gaussian_stats", "inception_score",
+# feature spaces samples are scored in (ganlab.metrics.scorer): auto, Inception (local weights),
+# ganlab's classifier, raw pixels
+FEATURES = ("auto", "inception", "classifier", "pixels")
+
+__all__ = ["FEATURES", "METRICS", "Metric", "class_histogram", "fd", "frechet_distance", "gaussian_stats", "inception_score",
            "kid", "mixture_metrics", "prdc"]

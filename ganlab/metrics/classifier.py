@@ -9,9 +9,10 @@ precision/recall; its softmax gives an Inception-style score and the predicted c
 every run scores with the same network for the same data, and the protocol records its SHA-256 and
 held-out accuracy.
 
-Cache: `<data dir>/ganlab-classifier-<dataset>-<res>px-v<version>-<data fingerprint>.pt`, or
-`$XDG_CACHE_HOME/ganlab/classifiers/` (default ~/.cache/ganlab/classifiers) when the data dir is
-read-only (e.g. Debian's /usr/share/datasets). A file that does not load is retrained and replaced.
+Cache: `<data dir>/ganlab-classifier-<dataset>-<res>px-v<version>-<data fingerprint>.pt` when the
+data dir is the user's own (owned by the user, outside /usr, /opt, ..., not a `dataset.system_dirs`
+entry) and writable, else `$XDG_CACHE_HOME/ganlab/classifiers/` (default
+~/.cache/ganlab/classifiers): never into a system data dir such as Debian's /usr/share/datasets. A file that does not load is retrained and replaced.
 Parallel sweep jobs take a lock file beside the cache: one trains, the others wait and load it.
 """
 
@@ -69,9 +70,28 @@ def _fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
     return h.hexdigest()[:16]
 
 
-def _cache_dirs(data_dir: Path) -> list[Path]:
+_SYSTEM_PREFIXES = ("/usr/", "/opt/", "/srv/", "/etc/", "/lib/", "/nix/")
+
+
+def users_own(folder: Path) -> bool:
+    """A data dir the user owns, outside the system's folders: the only kind a cache is written into."""
+    try:
+        resolved = Path(folder).resolve()
+        owner = resolved.stat().st_uid
+    except OSError:
+        return False
+    return owner == os.getuid() and not str(resolved).startswith(_SYSTEM_PREFIXES)
+
+
+def _cache_dirs(data_dir: Path, system: bool = False) -> tuple[list[Path], list[Path]]:
+    """(where a cached classifier is looked for, where a new one may be written): beside the data
+    when the data dir is the user's own, else (a system data dir such as Debian's
+    /usr/share/datasets, found through dataset.system_dirs, or someone else's) only in the user's
+    cache, $XDG_CACHE_HOME/ganlab/classifiers (~/.cache/ganlab/classifiers)."""
     xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return [data_dir, Path(xdg) / "ganlab" / "classifiers"]
+    user = Path(xdg) / "ganlab" / "classifiers"
+    own = not system and users_own(data_dir)
+    return [data_dir, user], ([data_dir, user] if own else [user])
 
 
 def _writable(folder: Path) -> bool:
@@ -126,20 +146,20 @@ def classifier_for(source, device: torch.device) -> tuple[SmallCNN, dict]:
     x, y = source.load()
     fp = _fingerprint(x, y)
     name = f"ganlab-classifier-{source.name}-{source.resolution}px-v{CLASSIFIER_VERSION}-{fp}.pt"
-    dirs = _cache_dirs(Path(source.data_dir()))
+    dirs, writable = _cache_dirs(Path(source.data_dir()), system=source.data_dir_is_system())
     cached = _load_cached(dirs, name, x.shape[1], quiet=True)  # the common case, without waiting for the lock
     if cached is not None:
         return cached[0].to(device), cached[1]
-    folder = next((d for d in dirs if _writable(d)), None)
+    folder = next((d for d in writable if _writable(d)), None)
     if folder is None:
-        raise GanlabError(f"cannot cache the evaluation classifier: none of {', '.join(map(str, dirs))} is "
+        raise GanlabError(f"cannot cache the evaluation classifier: none of {', '.join(map(str, writable))} is "
                           "writable; set XDG_CACHE_HOME=DIR to a writable folder.")
     with _exclusive(folder / f".{name}.lock"):
         cached = _load_cached(dirs, name, x.shape[1])  # another job may have trained it while this one waited
         if cached is not None:
             return cached[0].to(device), cached[1]
         log.info(f"training ganlab's {source.name} evaluation classifier once ({len(x):,} images, {EPOCHS} epochs); "
-                 "it is cached beside the data")
+                 f"it is cached in {folder}")
         t0 = time.monotonic()
         net, accuracy = _train(x, y, int(source.num_classes), device)
         meta = {"dataset": source.name, "resolution": int(source.resolution), "version": CLASSIFIER_VERSION,

@@ -104,18 +104,3 @@ def generate(g: Generator, n: int | None = None, labels=None, generator: torch.G
     finally:
         g.train(was_training)
     return torch.cat(out), labels
-
-
-def load_generator(state: dict, ema: bool = True, device="cpu") -> Generator:
-    """G rebuilt from a checkpoint dict (see ganlab.checkpoint.load_checkpoint): its config names
-    the dataset and the model; the EMA weights are used when the run kept them and `ema` is true."""
-    from omegaconf import OmegaConf
-
-    from ganlab.data.sources import build_source
-
-    cfg = OmegaConf.create(state["config"])
-    source = build_source(cfg.dataset)  # sources read no data until asked to
-    g, _ = build_models(cfg.model, source)
-    weights = state.get("generator_ema") if ema and state.get("generator_ema") else state["generator"]
-    g.load_state_dict(weights)
-    return g.to(device).eval()

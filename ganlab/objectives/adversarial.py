@@ -1,0 +1,161 @@
+"""The canon's objective: one G, one D (gan, dcgan, wgan, wgan_gp, lsgan, sngan, cgan, the
+conditional switch, every trick and penalty).
+
+A step is `train.n_critic` D updates, each on a fresh real batch and a separate fake batch (never
+mixed, so BatchNorm sees pure batches), then one G update with D frozen (phases "D" and "G").
+WGAN's weight clipping runs after each D update; instance noise follows a pure schedule of the step.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor
+
+from ganlab.data.sources import build_source
+from ganlab.errors import GanlabError
+from ganlab.losses import get_loss, get_penalty
+from ganlab.models import build_models, generate, resolve_backbone, sample_z
+from ganlab.objectives.base import Objective, Phase, Runtime
+from ganlab.optim import make_optimizers
+from ganlab.tricks import EMA, add_instance_noise, clip_weights, d_targets, instance_noise_std, uses_label_tricks
+from ganlab.viz import image_grid, scatter_image
+
+log = logging.getLogger("ganlab")
+
+
+class Adversarial(Objective):
+    def __init__(self, cfg, source, device: torch.device):
+        super().__init__()
+        t, tricks = cfg.train, cfg.tricks
+        self.backbone = resolve_backbone(cfg.model, source.kind)  # unsupported pairs fail before data is read
+        g, d = build_models(cfg.model, source)
+        g, d = g.to(device), d.to(device)
+        self.loss_fn, self.d_kw, self.g_kw = get_loss(cfg.loss)
+        self.label_tricks = uses_label_tricks(tricks)
+        if self.label_tricks and self.loss_fn.targets is None:
+            raise GanlabError(f"the label tricks (label_smoothing, noisy_labels, flip_labels) need a loss with targets "
+                              f"(nonsaturating, minimax, least_squares), not loss={self.loss_fn.name}.")
+        self.penalty = get_penalty(cfg.penalty)
+        self.penalty_name = cfg.penalty.name
+        if self.penalty is not None and cfg.model.d_norm == "batch":
+            log.warning("a gradient penalty with BatchNorm in D: the per-sample penalty is ill-defined "
+                        "with batch statistics (Gulrajani et al. 2017, sec. 4); consider model.d_norm=layer.")
+        opt_g, opt_d = make_optimizers(cfg.optimizer, g, d, device)
+        self.nets = {"generator": g, "discriminator": d}
+        self.fwd = dict(self.nets)
+        self.optimizers = {"g": opt_g, "d": opt_d}
+        self.ema = {"generator": EMA(g, float(tricks.ema))} if tricks.ema else {}
+
+        self.source, self.device, self.tricks = source, device, tricks
+        self.steps_total = int(t.steps)
+        self.batch, self.z_dim, self.n_critic = int(t.batch_size), int(cfg.model.z_dim), int(t.n_critic)
+        self.n_classes = g.num_classes if g.conditional else None
+        self.noisy = float(tricks.instance_noise) > 0
+        targets = self.loss_fn.targets
+        self.real_target, self.fake_target = (1.0, 0.0) if not targets else (
+            self.d_kw.get(targets[0], 1.0), self.d_kw.get(targets[1], 0.0))
+        self.d_params = list(d.parameters())
+        clip = None if t.clip_d is None else float(t.clip_d)
+        self.images_per_step = self.batch * (2 * self.n_critic + 1)
+        self.phases = (
+            Phase("D", "d", ("discriminator",), self.d_loss, repeats=self.n_critic,
+                  after=(lambda: clip_weights(self.d_params, clip)) if clip is not None else None),
+            Phase("G", "g", ("generator",), self.g_loss),
+        )
+        # one fixed latent grid for every snapshot, so grids are comparable over time (2D: >= 1000
+        # points); conditional models get one row per class
+        if source.kind == "points":
+            self.n_fixed = max(t.n_samples, 1000)
+        elif self.n_classes:
+            self.n_fixed = max(1, t.n_samples // self.n_classes) * self.n_classes
+        else:
+            self.n_fixed = t.n_samples
+        self.fixed_z = sample_z(self.n_fixed, self.z_dim, torch.Generator().manual_seed(cfg.seed + 1)).to(device)
+        self.fixed_y = ((torch.arange(self.n_fixed) * self.n_classes // self.n_fixed).to(device)
+                        if self.n_classes else None)  # row k: class k
+
+    # ------------------------------------------------------------------------------ the phases
+    def _noise_std(self, step: int) -> float:
+        return instance_noise_std(step, self.tricks, self.steps_total) if self.noisy else 0.0
+
+    def _fake_labels(self, n: int) -> Tensor | None:
+        return torch.randint(self.n_classes, (n,), device=self.device) if self.n_classes else None
+
+    def d_loss(self, step: int, rt: Runtime):
+        """D on a real batch and a separate fake batch (+ the penalty, if any)."""
+        g, d, loss, batch = self.fwd["generator"], self.fwd["discriminator"], self.loss_fn, self.batch
+        noise_std = self._noise_std(step)
+        real, y_real = rt.next_batch()
+        y_real = y_real if self.n_classes else None
+        y_fake = self._fake_labels(batch)
+        with rt.autocast():
+            with torch.no_grad():  # fp32 in, like the reals: one compiled D graph for both
+                fake = g(sample_z(batch, self.z_dim, device=self.device), y_fake).to(real.dtype)
+            real_in, fake_in = add_instance_noise(real, noise_std), add_instance_noise(fake, noise_std)
+            d_real, d_fake = d(real_in, y_real).float(), d(fake_in, y_fake).float()
+        if self.label_tricks:
+            real_t, fake_t = d_targets(batch, self.tricks, self.real_target, self.fake_target, device=self.device)
+            loss_d = loss.d(d_real, d_fake, **{**self.d_kw, loss.targets[0]: real_t, loss.targets[1]: fake_t})
+        else:
+            loss_d = loss.d(d_real, d_fake, **self.d_kw)
+        logs = {}
+        if self.penalty is not None:
+            fn, weight, kw = self.penalty
+            raw_d = self.nets["discriminator"]  # the double backward stays eager
+            with rt.autocast():
+                pen = fn(lambda x: raw_d(x, y_real), real_in, fake_in, scale=rt.loss_scale("d"), **kw)
+            loss_d = loss_d + weight * pen
+            logs["Loss/penalty"] = pen
+        with torch.no_grad():
+            if loss.sigmoid:  # D's probabilities
+                logs["D/D(x)"], logs["D/D(G(z))"] = torch.sigmoid(d_real).mean(), torch.sigmoid(d_fake).mean()
+            else:  # critic values
+                logs["D/critic_real"], logs["D/critic_fake"] = d_real.mean(), d_fake.mean()
+        return loss_d, {"Loss/D": loss_d, **logs}
+
+    def g_loss(self, step: int, rt: Runtime):
+        """G through the frozen D, on a fresh fake batch."""
+        y_gen = self._fake_labels(self.batch)
+        with rt.autocast():
+            gen = self.fwd["generator"](sample_z(self.batch, self.z_dim, device=self.device), y_gen).float()
+            d_gen = self.fwd["discriminator"](add_instance_noise(gen, self._noise_std(step)), y_gen).float()
+        loss_g = self.loss_fn.g(d_gen, **self.g_kw)
+        return loss_g, {"Loss/G": loss_g}
+
+    # ---------------------------------------------------------------------- reporting, sampling
+    def describe(self) -> str:
+        g, d = self.nets["generator"], self.nets["discriminator"]
+        return (f"{self.backbone}{', conditional' if self.n_classes else ''} | loss "
+                f"{self.loss_fn.name}{' + ' + self.penalty_name if self.penalty else ''} | n_critic {self.n_critic} | "
+                f"G {sum(p.numel() for p in g.parameters()):,} params, D {sum(p.numel() for p in d.parameters()):,} params")
+
+    def scalars(self, step: int) -> dict[str, float]:
+        std = self._noise_std(step)
+        return {"Tricks/instance_noise_std": std} if std > 0 else {}
+
+    def sampler(self):
+        return self.ema["generator"].module if self.ema else self.nets["generator"]
+
+    def snapshot(self, step: int) -> dict[str, Tensor]:
+        g = self.sampler()
+        was_training = g.training
+        g.eval()
+        with torch.no_grad():
+            fake = g(self.fixed_z, self.fixed_y)
+        g.train(was_training)
+        if self.source.kind == "points":
+            return {"Samples/scatter": scatter_image(fake, self.source.modes)}
+        return {"Samples/fixed_z": image_grid(fake, nrow=self.n_fixed // self.n_classes if self.n_classes else None)}
+
+    def generate(self, n: int, generator: torch.Generator) -> Tensor:
+        return generate(self.sampler(), n, device=self.device, generator=generator)[0]
+
+    @classmethod
+    def load_generator(cls, cfg, state: dict, ema: bool, device):
+        source = build_source(cfg.dataset)  # sources read no data until asked to
+        g, _ = build_models(cfg.model, source)
+        weights = state.get("generator_ema") if ema and state.get("generator_ema") else state["generator"]
+        g.load_state_dict(weights)
+        return g.to(device).eval()

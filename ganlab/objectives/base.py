@@ -1,0 +1,112 @@
+"""The seam between the training loop and a model family.
+
+The loop (`ganlab.train`) owns the run and knows nothing about what the networks are: the step
+counter, data order, backward, grad scalers, optimizer steps, learning-rate decay, EMA updates,
+the NaN guard, on-device log sums, checkpoints, resume, evaluation, signals.
+
+An `Objective` owns what one training step *is* for its family:
+
+- `nets`: its networks by name (checkpointed under those names; a phase unfreezes the ones it
+  trains and freezes the rest);
+- `optimizers`: by name (checkpointed as `opt_<name>`, each with its own grad scaler under fp16;
+  `Grad/<NAME>_norm` is logged per optimizer);
+- `ema`: EMA copies by net name (the loop updates each once per step in which its net was updated,
+  checkpointed as `<name>_ema`);
+- `phases`: what an update trains, with which optimizer, how often (`every`: lazy
+  regularization) and how many times in a row (`repeats`: n_critic), and the function computing
+  its loss and the scalars to log (0-d device tensors: the loop sums them on the device);
+- schedules (PG-GAN's alpha, instance noise, ...) as pure functions of the step, so that nothing
+  but the step needs saving for them; state that must persist (image pools, running means) in
+  `state_dict()` as device tensors and plain containers (loads with `weights_only=True`);
+- how to sample: `snapshot()` for TensorBoard grids, `generate()` for metrics, and the classmethod
+  `load_generator()` for `ganlab sample` / `ganlab eval`, which need no loop and no data. The loop
+  runs the first two aside from the training RNG streams (`torch.random.fork_rng`), so how often a
+  run samples never changes what it trains.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+from torch import Tensor, nn
+
+
+class Runtime(Protocol):
+    """What the loop lends a phase's loss function."""
+
+    device: torch.device
+
+    def next_batch(self) -> tuple:
+        """The next training batch from the run's data (in the order a resume restores)."""
+
+    def autocast(self):
+        """The run's mixed-precision context (train.amp) for forward passes."""
+
+    def loss_scale(self, optimizer: str) -> Tensor | None:
+        """fp16's current loss scale of that optimizer's grad scaler (None without fp16): input
+        gradients taken inside a loss (gradient penalties) are taken of scaled scores, then unscaled."""
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One kind of update: `loss(step, runtime) -> (loss, {tag: 0-d tensor})`, minimised by
+    `optimizer` over the nets in `trains` (all other nets frozen), `repeats` times in a row on steps
+    where `step % every == 0`. `after` runs after each optimizer step (e.g. WGAN's weight clipping).
+    A lazily run phase scales its own loss by `every` (StyleGAN2's lazy regularization)."""
+
+    name: str
+    optimizer: str
+    trains: tuple[str, ...]
+    loss: Callable[[int, Runtime], tuple[Tensor, dict[str, Tensor]]]
+    repeats: int = 1
+    every: int = 1
+    after: Callable[[], None] | None = None
+
+
+class Objective:
+    """Base class of a family's objective; see the module docstring for the contract."""
+
+    nets: dict[str, nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    ema: dict[str, object]  # net name -> ganlab.tricks.EMA
+    phases: tuple[Phase, ...]
+    images_per_step: int = 0  # images through the discriminator(s) per step, for Perf/images_per_s
+
+    def __init__(self):
+        self.nets, self.optimizers, self.ema, self.phases = {}, {}, {}, ()
+        self.fwd: dict[str, Callable] = {}  # forward passes: the nets, or their torch.compile'd wrappers
+
+    def compile(self) -> None:
+        """train.compile: forward passes through torch.compile (double backward stays eager)."""
+        self.fwd = {name: torch.compile(net) for name, net in self.nets.items()}
+
+    def describe(self) -> str:
+        """One line for the console: what trains, and how."""
+        return type(self).__name__
+
+    def scalars(self, step: int) -> dict[str, float]:
+        """Host-side values for logging steps (schedules): no device reads."""
+        return {}
+
+    def snapshot(self, step: int) -> dict[str, Tensor]:
+        """TensorBoard images (C x H x W in [0, 1]) of the current state, by tag."""
+        return {}
+
+    def generate(self, n: int, generator: torch.Generator) -> Tensor:
+        """n samples for the metrics, drawn with `generator`."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """State beyond nets, optimizers and EMA that a resume needs (plain containers, tensors)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    @classmethod
+    def load_generator(cls, cfg, state: dict, ema: bool, device) -> nn.Module:
+        """The sampling network from a checkpoint (its config rebuilds it; no data is read):
+        `g(z, y)` with attributes z_dim, conditional, num_classes, as `ganlab.models.generate` uses."""
+        raise NotImplementedError
