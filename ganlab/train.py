@@ -294,8 +294,8 @@ class _Run:
             self.restore(state)
 
         # on resume, TensorBoard drops what the killed run logged after its checkpoint (no duplicate steps)
-        self.monitor = Monitor(run_dir, t.steps, t.progress, start_step=self.start_step,
-                               budget_s=None if t.max_minutes is None else float(t.max_minutes) * 60.0)
+        self.budget_s = None if t.max_minutes is None else float(t.max_minutes) * 60.0  # train.max_minutes
+        self.monitor = Monitor(run_dir, t.steps, t.progress, start_step=self.start_step, budget_s=self.budget_s)
         verb = f"resuming at step {self.start_step}:" if self.start_step else "training"
         log.info(f"{verb} {cfg.model.name} on {source.name} {tuple(source.shape)} | {obj.describe()} | batch "
                  f"{t.batch_size} | device {device} | run dir {run_dir}")
@@ -474,7 +474,7 @@ class _Run:
         steps_total, log_every, sample_every, ckpt_every = int(t.steps), int(t.log_every), int(t.sample_every), int(t.ckpt_every)
         decay_from = None if t.lr_decay_from is None else float(t.lr_decay_from)
         eval_every = int(cfg.eval.every or 0) if self.scorer is not None else 0
-        budget_s = None if t.max_minutes is None else float(t.max_minutes) * 60.0
+        budget_s = self.budget_s
         self.last_ckpt_step = self.start_step
         step = last_log_step = self.start_step
         # the clocks start here: the wall-clock budget and steps/s count training, not the set-up

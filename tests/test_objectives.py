@@ -116,7 +116,6 @@ class TwinGAN(Objective):
         super().__init__()
         mlp = lambda i, o: nn.Sequential(nn.Linear(i, 32), nn.LeakyReLU(0.2), nn.Linear(32, o)).to(device)  # noqa: E731
         self.nets = {"g1": mlp(4, 2), "g2": mlp(4, 2), "d1": mlp(2, 1), "d2": mlp(2, 1)}
-        self.fwd = dict(self.nets)
         adam = lambda *names: torch.optim.Adam([p for n in names for p in self.nets[n].parameters()],  # noqa: E731
                                                lr=float(cfg.optimizer.lr), betas=(0.5, 0.999))
         self.optimizers = {"g": adam("g1", "g2"), "d": adam("d1", "d2")}

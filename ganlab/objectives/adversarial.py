@@ -44,7 +44,6 @@ class Adversarial(Objective):
                         "with batch statistics (Gulrajani et al. 2017, sec. 4); consider model.d_norm=layer.")
         opt_g, opt_d = make_optimizers(cfg.optimizer, g, d, device)
         self.nets = {"generator": g, "discriminator": d}
-        self.fwd = dict(self.nets)
         self.optimizers = {"g": opt_g, "d": opt_d}
         self.ema = {"generator": EMA(g, float(tricks.ema))} if tricks.ema else {}
 

@@ -76,11 +76,16 @@ class Objective:
 
     def __init__(self):
         self.nets, self.optimizers, self.ema, self.phases = {}, {}, {}, ()
-        self.fwd: dict[str, Callable] = {}  # forward passes: the nets, or their torch.compile'd wrappers
+        self._compiled: dict[str, Callable] | None = None
+
+    @property
+    def fwd(self) -> dict[str, Callable]:
+        """Forward passes by net name: the nets, or their torch.compile'd wrappers (train.compile)."""
+        return self.nets if self._compiled is None else self._compiled
 
     def compile(self) -> None:
         """train.compile: forward passes through torch.compile (double backward stays eager)."""
-        self.fwd = {name: torch.compile(net) for name, net in self.nets.items()}
+        self._compiled = {name: torch.compile(net) for name, net in self.nets.items()}
 
     def describe(self) -> str:
         """One line for the console: what trains, and how."""
