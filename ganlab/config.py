@@ -29,7 +29,8 @@ def config_dir() -> str:
 
 _EXAMPLES = {"optimizer.lr": "2e-4", "optimizer.lr_g": "1e-4", "optimizer.lr_d": "4e-4", "train.max_minutes": "60",
              "model.init_std": "0.02", "penalty.weight": "10", "train.clip_d": "0.01", "train.batch_size": "64",
-             "model.z_dim": "100", "model.width": "64", "tricks.instance_noise": "0.1"}
+             "model.z_dim": "100", "model.width": "64", "tricks.instance_noise": "0.1",
+             "tricks.ema_rampup": "0.05"}
 
 
 def _positive(value, name: str, *, integer: bool = True, allow_zero: bool = False) -> None:
@@ -127,6 +128,8 @@ def validate(cfg: DictConfig) -> None:
             raise GanlabError(f"tricks.{key}={tr[key]!r} is not valid: use a number in [0, 1), e.g. 0.1.")
     if not isinstance(tr.ema, (int, float)) or isinstance(tr.ema, bool) or not 0 <= tr.ema < 1:
         raise GanlabError(f"tricks.ema={tr.ema!r} is not valid: use a decay in [0, 1) such as 0.999 (0 = off).")
+    if tr.get("ema_rampup") is not None:
+        _positive(tr.ema_rampup, "tricks.ema_rampup", integer=False)
     _positive(tr.instance_noise, "tricks.instance_noise", integer=False, allow_zero=True)
     if tr.instance_noise_anneal_steps is not None:
         _positive(tr.instance_noise_anneal_steps, "tricks.instance_noise_anneal_steps")

@@ -94,6 +94,15 @@ LOSSES: dict[str, Loss] = {
 }
 
 
+def d_score_logs(loss: Loss, d_real: Tensor, d_fake: Tensor) -> dict[str, Tensor]:
+    """What D's scores say, for the logs (0-d device tensors): D(x) and D(G(z)) as probabilities for
+    the sigmoid losses, the critic's mean values for the others."""
+    with torch.no_grad():
+        if loss.sigmoid:
+            return {"D/D(x)": torch.sigmoid(d_real).mean(), "D/D(G(z))": torch.sigmoid(d_fake).mean()}
+        return {"D/critic_real": d_real.mean(), "D/critic_fake": d_fake.mean()}
+
+
 def get_loss(cfg) -> tuple[Loss, dict, dict]:
     """The loss named by the `loss` config group, with its parameters split for d and g."""
     name = cfg.name

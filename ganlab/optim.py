@@ -28,7 +28,8 @@ def make_optimizer(opt_cfg: DictConfig, params, role: str, device: torch.device 
 
 
 def is_convolutional(*modules: torch.nn.Module) -> bool:
-    return any(isinstance(m, torch.nn.modules.conv._ConvNd) for module in modules for m in module.modules())
+    return any(isinstance(m, torch.nn.modules.conv._ConvNd) or getattr(m, "convolutional", False)
+               for module in modules for m in module.modules())
 
 
 def make_optimizers(opt_cfg: DictConfig, g: torch.nn.Module, d: torch.nn.Module, device: torch.device | None = None):

@@ -11,7 +11,8 @@ does everything else, the same way for every family:
             zero_grad; scaler.scale(loss).backward(); scaler.step(opt); scaler.update(); phase.after()
             sum logs on the device; remember the first NaN/Inf loss on the device
         update the EMA copies of the nets that were updated
-        log (one host read) / sample / evaluate / checkpoint / stop on a signal or the time budget
+        log (one host read) / sample (every train.sample_every steps, and when the objective asks:
+        e.g. PG-GAN at the end of each resolution) / evaluate / checkpoint / stop on a signal or the budget
 
 Nothing is copied to the host between logging steps. Checkpoints hold the step, the config, every
 RNG, the data position, each net (`<name>`), EMA copy (`<name>_ema`), optimizer (`opt_<name>`)
@@ -203,8 +204,8 @@ class _Runtime:
         self.device, self._batches, self._channels_last, self._scalers = device, batches, channels_last, scalers
         self._amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
-    def next_batch(self) -> tuple:
-        batch = self._batches.next()
+    def next_batch(self, n: int | None = None) -> tuple:
+        batch = self._batches.next(n)
         if self._channels_last:
             batch = tuple(x.contiguous(memory_format=torch.channels_last) if torch.is_tensor(x) and x.dim() == 4 else x
                           for x in batch)
@@ -297,8 +298,8 @@ class _Run:
         self.budget_s = None if t.max_minutes is None else float(t.max_minutes) * 60.0  # train.max_minutes
         self.monitor = Monitor(run_dir, t.steps, t.progress, start_step=self.start_step, budget_s=self.budget_s)
         verb = f"resuming at step {self.start_step}:" if self.start_step else "training"
-        log.info(f"{verb} {cfg.model.name} on {source.name} {tuple(source.shape)} | {obj.describe()} | batch "
-                 f"{t.batch_size} | device {device} | run dir {run_dir}")
+        log.info(f"{verb} {cfg.model.name} on {source.name} {tuple(source.shape)} | {obj.describe()} | "
+                 f"{obj.batch_description(int(t.batch_size))} | device {device} | run dir {run_dir}")
         if not self.start_step:
             self.monitor.text("config", "```\n" + OmegaConf.to_yaml(cfg) + "\n```")
             if source.kind == "image":
@@ -345,7 +346,7 @@ class _Run:
                 updated.update(phase.trains)
         for name, ema in self.objective.ema.items():
             if name in updated:
-                ema.update()
+                ema.update(step)
 
     def _freeze_all_but(self, trains: tuple[str, ...]) -> None:
         if trains != self._trainable:
@@ -494,7 +495,7 @@ class _Run:
                         now = time.monotonic()
                         self.log_window(step, (step - last_log_step) / max(now - last_log_t, 1e-9))
                         last_log_t, last_log_step = now, step
-                    if step % sample_every == 0 or final or stopping:
+                    if step % sample_every == 0 or final or stopping or self.objective.snapshot_due(step):
                         self.snapshot(step)
                     if eval_every and step % eval_every == 0 and not final:
                         self.evaluate(step)

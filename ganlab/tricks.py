@@ -6,6 +6,7 @@ All are off by default (conf/train.yaml, `tricks:`); each names its source there
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
@@ -53,21 +54,34 @@ def add_instance_noise(x: torch.Tensor, std: float) -> torch.Tensor:
 
 
 class EMA:
-    """An exponential moving average of a model's weights (buffers, e.g. BatchNorm stats, copied)."""
+    """An exponential moving average of a model's weights (buffers, e.g. BatchNorm stats, copied).
 
-    def __init__(self, model: nn.Module, decay: float):
+    `rampup` (StyleGAN2-ADA's ema_rampup, e.g. 0.05): the average's half-life, in steps, is at most
+    rampup x the steps so far, so early on it follows G closely instead of keeping the random init
+    for thousands of steps (0.999 forgets half of the init only after 693 steps); once
+    rampup x step exceeds the half-life of `decay`, `decay` alone holds. None: `decay` from the start."""
+
+    def __init__(self, model: nn.Module, decay: float, rampup: float | None = None):
         if not 0 < decay < 1:
             raise GanlabError(f"tricks.ema={decay} is not valid: use a decay in (0, 1) such as 0.999, or 0 for off.")
-        self.decay = decay
+        self.decay, self.rampup = decay, rampup
+        self.half_life = math.log(0.5) / math.log(decay)  # in steps
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
         self._src = [p for p in model.parameters()]
         self._dst = [p for p in self.module.parameters()]
         self._src_buf = list(model.buffers())
         self._dst_buf = list(self.module.buffers())
 
+    def decay_at(self, step: int | None) -> float:
+        """The decay used at `step` (1-based; a pure function of it, so a resume needs nothing more)."""
+        if not self.rampup or step is None:
+            return self.decay
+        ramped = self.rampup * max(step, 1)
+        return self.decay if ramped >= self.half_life else 0.5 ** (1.0 / ramped)
+
     @torch.no_grad()
-    def update(self) -> None:
-        torch._foreach_lerp_(self._dst, self._src, 1.0 - self.decay)
+    def update(self, step: int | None = None) -> None:
+        torch._foreach_lerp_(self._dst, self._src, 1.0 - self.decay_at(step))
         for d, s in zip(self._dst_buf, self._src_buf):
             d.copy_(s)
 

@@ -126,6 +126,38 @@ def test_device_batches_resume_mid_epoch():
     assert [b.next()[1].tolist() for _ in range(5)] == expected
 
 
+def test_device_batches_of_any_size_cut_each_epoch_in_order_and_resume_in_the_middle():
+    """PG-GAN asks for batches whose size changes with the resolution: within an epoch they follow the
+    same order as full batches; too few left starts the next epoch; a resume continues exactly."""
+    x = torch.arange(30, dtype=torch.uint8).view(30, 1, 1, 1)
+    ref = DeviceBatches(x, torch.arange(30), 4, 3, torch.device("cpu"))
+    order = torch.cat([ref.next()[1] for _ in range(7)]).tolist()  # epoch 0: 28 of 30 in 4s
+    a = DeviceBatches(x, torch.arange(30), 4, 3, torch.device("cpu"))
+    assert torch.cat([a.next(8)[1], a.next(4)[1], a.next(12)[1]]).tolist() == order[:24]
+    state = a.state_dict()
+    rest = [a.next(6)[1].tolist()]  # the last 6 of epoch 0 (2 more than batches of 4 could take)
+    assert rest[0][:4] == order[24:28] and a.epoch == 0 and sorted(order + rest[0][4:]) == list(range(30))
+    rest += [a.next(16)[1].tolist(), a.next(3)[1].tolist()]  # none left: epoch 1
+    assert a.epoch == 1 and len(set(rest[1] + rest[2])) == 19
+    b = DeviceBatches(x, torch.arange(30), 4, 3, torch.device("cpu"))
+    b.load_state_dict(state)
+    assert [b.next(n)[1].tolist() for n in (6, 16, 3)] == rest
+    with pytest.raises(GanlabError, match="larger than the dataset"):
+        b.next(31)
+
+
+def test_device_batches_resume_from_checkpoints_that_counted_whole_batches():
+    x = torch.arange(30, dtype=torch.uint8).view(30, 1, 1, 1)
+    a = DeviceBatches(x, torch.arange(30), 4, 3, torch.device("cpu"))
+    for _ in range(9):  # epoch 1, batch 2
+        a.next()
+    state = a.state_dict()
+    legacy = {"epoch": state["epoch"], "pos": state["offset"] // 4, "generator": state["generator"]}
+    b = DeviceBatches(x, torch.arange(30), 4, 3, torch.device("cpu"))
+    b.load_state_dict(legacy)
+    assert [b.next()[1].tolist() for _ in range(8)] == [a.next()[1].tolist() for _ in range(8)]
+
+
 class _Numbered(torch.utils.data.Dataset):
     """Image i is a 1x1 pixel of value i (as image_folder's dataset hands out: uint8, label 0)."""
 

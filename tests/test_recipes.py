@@ -24,6 +24,9 @@ PAPER = {
     "lsgan": ("least_squares", "Adam", 2e-4, [0.5, 0.999], 1, "none", {"loss.a": 0.0, "loss.b": 1.0, "loss.c": 1.0}),
     "sngan": ("hinge", "Adam", 2e-4, [0.0, 0.9], 5, "none", {"model.spectral_norm": True, "model.d_norm": "none"}),
     "cgan": ("nonsaturating", "Adam", 2e-4, [0.5, 0.999], 1, "none", {"model.conditional": True}),
+    "pggan": ("wasserstein", "Adam", 1e-3, [0.0, 0.99], 1, "gp",
+              {"penalty.weight": 10.0, "model.drift": 0.001, "tricks.ema": 0.999, "model.minibatch_stddev": 4,
+               "model.fade_images": 800000, "model.stable_images": 800000, "model.objective": "progressive"}),
 }
 
 

@@ -160,6 +160,21 @@ def test_ema_tracks_the_generator():
     assert torch.allclose(ema.module.weight, 0.9 * before + 0.1 * net.weight)
 
 
+def test_ema_rampup_follows_g_early_and_ends_at_the_configured_decay():
+    net = torch.nn.Linear(3, 3)
+    ema = EMA(net, 0.999, rampup=0.05)
+    assert ema.half_life == pytest.approx(692.8, abs=0.1)
+    assert ema.decay_at(1) == pytest.approx(0.5 ** 20) and ema.decay_at(1000) == pytest.approx(0.5 ** (1 / 50))
+    assert ema.decay_at(13_000) < 0.999 and ema.decay_at(14_000) == 0.999  # over once 0.05 x step > 692.8
+    assert EMA(net, 0.999).decay_at(1) == 0.999  # no ramp-up: the decay from the start
+    before = ema.module.weight.detach().clone()
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    ema.update(100)  # half-life 5 steps
+    beta = 0.5 ** (1 / 5)
+    assert torch.allclose(ema.module.weight, beta * before + (1 - beta) * net.weight)
+
+
 def test_ema_weights_are_kept_and_differ(tmp_path):
     _run(tmp_path, "tricks.ema=0.9")
     state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)

@@ -2,6 +2,8 @@
 
 - In-memory image sets live on the device as ONE uint8 tensor; every epoch is a seeded
   permutation, cut into full batches (the last partial batch is dropped, as BatchNorm wants).
+  A batch may be asked for with its own size (PG-GAN's batch per resolution): the epoch is then
+  cut into batches of the sizes asked for, and the position is kept in samples.
 - Disk-backed sets (image_folder) go through a DataLoader with workers, in the same kind of
   seeded per-epoch order, so a resumed run reads on from where it stopped.
 - 2D mixtures are sampled on the device for every batch.
@@ -29,25 +31,29 @@ class DeviceBatches:
         self.x = x.to(device)
         self.y = None if y is None else y.to(device)
         self.batch_size, self.device = batch_size, device
-        self.per_epoch = len(x) // batch_size
         self.generator = torch.Generator().manual_seed(seed)
-        self.epoch, self.pos = 0, 0
+        self.epoch, self.offset = 0, 0  # samples of this epoch's order handed out
         self._perm = self._new_perm()
 
     def _new_perm(self) -> torch.Tensor:
         self._epoch_state = self.generator.get_state()  # what produced this epoch's order
         return torch.randperm(len(self.x), generator=self.generator).to(self.device, non_blocking=True)
 
-    def next(self):
-        if self.pos >= self.per_epoch:
-            self.epoch, self.pos = self.epoch + 1, 0
+    def next(self, n: int | None = None):
+        """The next n samples (default: train.batch_size) of this epoch's order; a new epoch when
+        fewer than n are left (they are dropped, like a last partial batch)."""
+        n = self.batch_size if n is None else n
+        if n > len(self.x):
+            raise GanlabError(f"a batch of {n} is larger than the dataset ({len(self.x)} samples); use smaller batches.")
+        if self.offset + n > len(self.x):
+            self.epoch, self.offset = self.epoch + 1, 0
             self._perm = self._new_perm()
-        idx = self._perm[self.pos * self.batch_size:(self.pos + 1) * self.batch_size]
-        self.pos += 1
+        idx = self._perm[self.offset:self.offset + n]
+        self.offset += n
         return to_unit_range(self.x[idx]), (None if self.y is None else self.y[idx])
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos, "generator": self._epoch_state}
+        return {"epoch": self.epoch, "offset": self.offset, "generator": self._epoch_state}
 
     def preview(self, n: int) -> torch.Tensor:
         """The first n images (no draw from the training order, so resumes stay exact)."""
@@ -56,7 +62,9 @@ class DeviceBatches:
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
         self._perm = self._new_perm()
-        self.epoch, self.pos = state["epoch"], state["pos"]
+        # checkpoints from before batches of any size counted whole batches ("pos")
+        self.epoch = state["epoch"]
+        self.offset = int(state["offset"]) if "offset" in state else int(state["pos"]) * self.batch_size
 
 
 class _EpochOrder(torch.utils.data.Sampler):
@@ -90,11 +98,22 @@ class LoaderBatches:
         )
         self._it = iter(self.loader)
 
-    def next(self):
-        if self.pos >= self.per_epoch:
-            self._seek(self.order.epoch + 1, 0)
-        x, y = next(self._it)
-        self.pos += 1
+    def next(self, n: int | None = None):
+        """The next batch; n (a multiple of train.batch_size) joins n / batch_size of the loader's batches."""
+        k = 1 if n is None else n // self.batch_size
+        if n is not None and n > len(self.loader.dataset):
+            raise GanlabError(f"a batch of {n} is larger than the dataset ({len(self.loader.dataset)} images); "
+                              "use smaller batches.")
+        if k < 1 or k * self.batch_size != (n or self.batch_size):
+            raise GanlabError(f"a batch of {n} images from a disk-backed dataset must be a multiple of "
+                              f"train.batch_size={self.batch_size}; set train.batch_size to a divisor of every batch size.")
+        parts = []
+        for _ in range(k):
+            if self.pos >= self.per_epoch:
+                self._seek(self.order.epoch + 1, 0)
+            parts.append(next(self._it)[0])
+            self.pos += 1
+        x = parts[0] if k == 1 else torch.cat(parts)
         return to_unit_range(x.to(self.device, non_blocking=True)), None
 
     def preview(self, n: int) -> torch.Tensor:
@@ -118,8 +137,8 @@ class PointBatches:
         self.source, self.batch_size, self.device = source, batch_size, device
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
-    def next(self):
-        return self.source.sample(self.batch_size, self.generator, self.device)
+    def next(self, n: int | None = None):
+        return self.source.sample(self.batch_size if n is None else n, self.generator, self.device)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}

@@ -15,6 +15,7 @@ from ganlab.objectives.base import Objective, Phase, Runtime
 
 OBJECTIVES = {
     "adversarial": "ganlab.objectives.adversarial.Adversarial",
+    "progressive": "ganlab.objectives.progressive.Progressive",
 }
 DEFAULT = "adversarial"  # checkpoints written before objectives existed hold no model.objective
 

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ganlab.data.sources import build_source
 from ganlab.errors import GanlabError
-from ganlab.losses import get_loss, get_penalty
+from ganlab.losses import d_score_logs, get_loss, get_penalty
 from ganlab.models import build_models, generate, resolve_backbone, sample_z
 from ganlab.objectives.base import Objective, Phase, Runtime
 from ganlab.optim import make_optimizers
@@ -45,7 +45,7 @@ class Adversarial(Objective):
         opt_g, opt_d = make_optimizers(cfg.optimizer, g, d, device)
         self.nets = {"generator": g, "discriminator": d}
         self.optimizers = {"g": opt_g, "d": opt_d}
-        self.ema = {"generator": EMA(g, float(tricks.ema))} if tricks.ema else {}
+        self.ema = {"generator": EMA(g, float(tricks.ema), tricks.get("ema_rampup"))} if tricks.ema else {}
 
         self.source, self.device, self.tricks = source, device, tricks
         self.steps_total = int(t.steps)
@@ -107,12 +107,7 @@ class Adversarial(Objective):
                 pen = fn(lambda x: raw_d(x, y_real), real_in, fake_in, scale=rt.loss_scale("d"), **kw)
             loss_d = loss_d + weight * pen
             logs["Loss/penalty"] = pen
-        with torch.no_grad():
-            if loss.sigmoid:  # D's probabilities
-                logs["D/D(x)"], logs["D/D(G(z))"] = torch.sigmoid(d_real).mean(), torch.sigmoid(d_fake).mean()
-            else:  # critic values
-                logs["D/critic_real"], logs["D/critic_fake"] = d_real.mean(), d_fake.mean()
-        return loss_d, {"Loss/D": loss_d, **logs}
+        return loss_d, {"Loss/D": loss_d, **logs, **d_score_logs(loss, d_real, d_fake)}
 
     def g_loss(self, step: int, rt: Runtime):
         """G through the frozen D, on a fresh fake batch."""

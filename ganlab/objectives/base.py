@@ -38,8 +38,9 @@ class Runtime(Protocol):
 
     device: torch.device
 
-    def next_batch(self) -> tuple:
-        """The next training batch from the run's data (in the order a resume restores)."""
+    def next_batch(self, n: int | None = None) -> tuple:
+        """The next training batch (x, y) from the run's data, in the order a resume restores: n samples
+        (default train.batch_size; disk-backed data: a multiple of it), x in [-1, 1] on the device."""
 
     def autocast(self):
         """The run's mixed-precision context (train.amp) for forward passes."""
@@ -91,6 +92,10 @@ class Objective:
         """One line for the console: what trains, and how."""
         return type(self).__name__
 
+    def batch_description(self, batch_size: int) -> str:
+        """The batch size(s) for the start-up line."""
+        return f"batch {batch_size}"
+
     def scalars(self, step: int) -> dict[str, float]:
         """Host-side values for logging steps (schedules): no device reads."""
         return {}
@@ -98,6 +103,11 @@ class Objective:
     def snapshot(self, step: int) -> dict[str, Tensor]:
         """TensorBoard images (C x H x W in [0, 1]) of the current state, by tag."""
         return {}
+
+    def snapshot_due(self, step: int) -> bool:
+        """A snapshot at this step besides the train.sample_every ones (a pure function of the step:
+        e.g. PG-GAN's last step at each resolution, so every resolution has its grid)."""
+        return False
 
     def generate(self, n: int, generator: torch.Generator) -> Tensor:
         """n samples for the metrics, drawn with `generator`."""

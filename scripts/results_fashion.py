@@ -1,0 +1,140 @@
+#!/usr/bin/env python
+"""docs/results.md, section 5: the families beyond the canon beside dcgan on the real Fashion-MNIST
+at 32 px, each given the same CPU budget (train.max_minutes, one thread per job, jobs side by side).
+
+Every number comes from a real `ganlab train` run (the CLI in a subprocess, as scripts/results.py
+runs them), scored at the end by ganlab's Fashion-MNIST classifier at 32 px (trained once and cached
+before the jobs start): FD of its features, its Inception-style score, classes hit, class KL.
+
+    python scripts/results_fashion.py                        # dcgan and pggan, 15 CPU minutes each
+    python scripts/results_fashion.py --families dcgan pggan --minutes 10 --seeds 0 1
+    python scripts/results_fashion.py --quick                # tiny budgets, not written to docs/
+
+The section sits between markers in docs/results.md and is replaced as a whole on each run; the
+rest of the file (scripts/results.py's sections) is left as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import REPO, Run, cli, launch, mean_std, per_seed, slug  # noqa: E402
+
+BEGIN, END = "<!-- results_fashion.py: begin -->", "<!-- results_fashion.py: end -->"
+DEBIAN = "/usr/share/datasets/fashion-mnist"
+
+# each family's recipe as it ships, plus what a 32 px CPU budget needs (said in the doc)
+RECIPES = {
+    "dcgan": (["model=dcgan"], "the paper's recipe as it ships (width 64)"),
+    "pggan": (["model=pggan", "model.width=32", "model.fmap_base=1024", "model.fade_images=12000",
+               "model.stable_images=12000", "model.batch_sizes=[64,64,32,32]"],
+              "the paper's recipe with CPU-sized nets (32 channels at every resolution) and 12k images per fade "
+              "and per stabilization instead of 800k, so that G is grown to 32 px in about half the budget"),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--families", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    ap.add_argument("--minutes", type=float, default=15.0, help="CPU minutes per run (train.max_minutes)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--eval-n", type=int, default=10000, help="generated and real images scored per run")
+    ap.add_argument("--root", default="data", help="dataset.root (Debian's package is looked up after it)")
+    ap.add_argument("--jobs", type=int, default=max(1, os.cpu_count() or 2))
+    ap.add_argument("--out", type=Path, default=REPO / "outputs" / "results-fashion")
+    ap.add_argument("--note", default=None, help="a sentence for the doc, e.g. about the machine's load")
+    ap.add_argument("--quick", action="store_true", help="tiny budgets: checks the script, numbers mean nothing")
+    args = ap.parse_args()
+    minutes, eval_n = (0.2, 500) if args.quick else (args.minutes, args.eval_n)
+    out = args.out.with_name(args.out.name + "-quick") if args.quick else args.out
+    data = [f"dataset.root={args.root}", "dataset=fashion_mnist", "dataset.resolution=32"]
+    budget = ["train.steps=10000000", f"train.max_minutes={minutes}", "train.log_every=100",
+              "train.sample_every=10000000", "train.ckpt_every=10000000", "eval.every=10000000", f"eval.n={eval_n}"]
+
+    import torch
+
+    from ganlab.data.sources import IdxSource
+    from ganlab.metrics.classifier import classifier_for
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    source = IdxSource("fashion_mnist", "FashionMNIST", args.root, system_dirs=[DEBIAN], download=False, resolution=32)
+    _, info = classifier_for(source, torch.device("cpu"))
+    print(f"Fashion-MNIST classifier at 32 px: held-out accuracy {info['held_out_accuracy']:.4f}", flush=True)
+
+    runs = []
+    for family in args.families:
+        for seed in args.seeds:
+            overrides = [*RECIPES[family][0], *data, *budget]
+            runs.append(Run("fashion", family, seed, overrides, run_dir=out / slug(overrides) / f"seed{seed}"))
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(args.jobs) as pool:
+        list(pool.map(lambda r: launch(r, out), runs))
+    total = time.monotonic() - t0
+
+    lines = [BEGIN, "## 5. Beyond the canon, on the real Fashion-MNIST (32 px)", "",
+             f"Made by `{shlex.join(['python', 'scripts/results_fashion.py', *sys.argv[1:]])}` on {time.strftime('%Y-%m-%d')} "
+             f"({platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+             f"{args.jobs} jobs at a time with one thread each; {total / 60:.0f} min in all). The full Fashion-MNIST "
+             f"training set (60,000 images, Debian's `dataset-fashion-mnist`) resized to 32 px; every family gets "
+             f"{minutes:g} CPU minute(s) (`train.max_minutes`). Scored at the end on {eval_n:,} samples (EMA weights "
+             f"where the recipe keeps them) against {eval_n:,} real training images, in the feature space of "
+             f"ganlab's Fashion-MNIST classifier at 32 px (held-out accuracy {info['held_out_accuracy']:.4f}): FD of "
+             "its features, its Inception-style score (max 10), classes hit by its argmax, KL of that histogram to "
+             "the real one. Commands: `" + "`; `".join(
+                 f"{cli([o for o in RECIPES[f][0]] + data + budget)} seed=S" for f in args.families) + "`.", "",
+             *([args.note, ""] if args.note else []),
+             "| family | recipe | G steps | images shown to D | classifier FD | classifier score | classes | class KL |",
+             "|---|---|---|---|---|---|---|---|"]
+    by_family: dict[str, list[Run]] = {}
+    for r in runs:
+        by_family.setdefault(r.name, []).append(r)
+    for family, rs in by_family.items():
+        ok = [r for r in rs if r.metrics]
+        m = lambda k: [r.metrics.get(f"Metrics/{k}", float("nan")) for r in ok]  # noqa: E731
+        shown = [_images_shown(r) for r in ok]
+        lines.append(f"| {family} | {RECIPES[family][1]} | {per_seed([r.metrics['step'] for r in ok])} | "
+                     f"{per_seed([f'{s:,}' for s in shown])} | {mean_std(m('fd'), '{:.2f}')} | {mean_std(m('is'), '{:.2f}')} | "
+                     f"{per_seed([int(v) for v in m('classes_captured')])} | {mean_std(m('class_kl'))} |"
+                     + (f" ({len(rs) - len(ok)} failed)" if len(ok) < len(rs) else ""))
+    lines += ["", END]
+    section = "\n".join(lines) + "\n"
+    print(section)
+    if args.quick:
+        return
+    doc = REPO / "docs" / "results.md"
+    text = doc.read_text()
+    if BEGIN in text:
+        text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END) + 1:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    doc.write_text(text)
+    print(f"written: {doc}")
+    sys.exit(1 if any(r.rc != 0 for r in runs) else 0)
+
+
+def _images_shown(run: Run) -> int:
+    """Real images D saw: PG-GAN logs its running count (Schedule/kimg); the others show batch x n_critic per step."""
+    from results import scalars
+
+    kimg = scalars(run.run_dir, "Schedule/kimg")
+    if kimg:
+        return int(round(kimg[-1][1] * 1000))
+    import json
+
+    cfg = json.loads((run.run_dir / "metrics.json").read_text())  # the step; batch and n_critic from the config
+    import yaml
+
+    conf = yaml.safe_load((run.run_dir / ".hydra" / "config.yaml").read_text())
+    return int(cfg["step"]) * int(conf["train"]["batch_size"]) * int(conf["train"]["n_critic"])
+
+
+if __name__ == "__main__":
+    main()
