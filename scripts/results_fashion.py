@@ -26,7 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import REPO, Run, cli, launch, mean_std, per_seed, slug  # noqa: E402
+import yaml  # noqa: E402
+from results import REPO, Run, cli, launch, mean_std, per_seed, scalars, slug  # noqa: E402
 
 BEGIN, END = "<!-- results_fashion.py: begin -->", "<!-- results_fashion.py: end -->"
 DEBIAN = "/usr/share/datasets/fashion-mnist"
@@ -122,19 +123,11 @@ def main() -> None:
 
 def _images_shown(run: Run) -> int:
     """Real images D saw: PG-GAN logs its running count (Schedule/kimg); the others show batch x n_critic per step."""
-    from results import scalars
-
     kimg = scalars(run.run_dir, "Schedule/kimg")
     if kimg:
         return int(round(kimg[-1][1] * 1000))
-    import json
-
-    cfg = json.loads((run.run_dir / "metrics.json").read_text())  # the step; batch and n_critic from the config
-    import yaml
-
     conf = yaml.safe_load((run.run_dir / ".hydra" / "config.yaml").read_text())
-    return int(cfg["step"]) * int(conf["train"]["batch_size"]) * int(conf["train"]["n_critic"])
-
+    return int(run.metrics["step"]) * int(conf["train"]["batch_size"]) * int(conf["train"]["n_critic"])
 
 if __name__ == "__main__":
     main()

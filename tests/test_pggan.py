@@ -22,7 +22,7 @@ def _nets(resolution=16, width=16, group=4):
     cfg = compose("model=pggan", f"model.width={width}", "model.fmap_base=128", f"model.minibatch_stddev={group}",
                   "model.z_dim=32")
     torch.manual_seed(0)
-    return pro.build(cfg.model, (3, resolution, resolution))
+    return pro.build(cfg.model, (3, resolution, resolution), resolution)
 
 
 def test_at_alpha_0_the_grown_nets_equal_the_smaller_ones_on_upsampled_or_pooled_images():

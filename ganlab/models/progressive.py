@@ -145,8 +145,8 @@ class ProDiscriminator(nn.Module):
         return self.out(h).view(-1)
 
 
-def build(model_cfg, shape: tuple[int, ...]) -> tuple[ProGenerator, ProDiscriminator]:
-    resolution, _ = geometry(model_cfg, shape)
+def build(model_cfg, shape: tuple[int, ...], resolution: int) -> tuple[ProGenerator, ProDiscriminator]:
+    """G and D growing to `resolution` (from `geometry`) for data of `shape` (C, H, W)."""
     chans = channels(model_cfg, resolution)
     g = ProGenerator(int(model_cfg.z_dim), chans, int(shape[0]), resolution)
     d = ProDiscriminator(chans, int(shape[0]), resolution, int(model_cfg.minibatch_stddev))

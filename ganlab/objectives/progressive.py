@@ -123,7 +123,7 @@ class Progressive(Objective):
                 raise GanlabError(f"model.batch_sizes holds {odd}, not multiples of train.batch_size={t.batch_size} "
                                   f"(the unit {source.name} is read in); set train.batch_size to a divisor of every "
                                   "batch size, e.g. train.batch_size=4.")
-        g, d = pro.build(m, tuple(source.shape))
+        g, d = pro.build(m, tuple(source.shape), self.resolution)
         g, d = g.to(device), d.to(device)
         self.loss_fn, self.d_kw, self.g_kw = get_loss(cfg.loss)
         self.penalty, self.penalty_name = get_penalty(cfg.penalty), cfg.penalty.name
@@ -220,8 +220,9 @@ class Progressive(Objective):
     def _g(self):
         return self.ema["generator"].module if self.ema else self.nets["generator"]
 
-    def sampler(self, step: int | None = None) -> pro.GrownSampler:
-        res, alpha, _ = self.schedule.at(max(self.step if step is None else step, 1))
+    def sampler(self) -> pro.GrownSampler:
+        """G (its EMA) at the point of growth of the last step trained."""
+        res, alpha, _ = self.schedule.at(max(self.step, 1))
         return pro.GrownSampler(self._g(), res, alpha, self.pad)
 
     def snapshot(self, step: int) -> dict[str, Tensor]:
@@ -258,9 +259,9 @@ class Progressive(Objective):
     @classmethod
     def load_generator(cls, cfg, state: dict, ema: bool, device):
         source = build_source(cfg.dataset)  # sources read no data until asked to
-        g, _ = pro.build(cfg.model, tuple(source.shape))
+        resolution, pad = pro.geometry(cfg.model, tuple(source.shape))
+        g, _ = pro.build(cfg.model, tuple(source.shape), resolution)
         weights = state.get("generator_ema") if ema and state.get("generator_ema") else state["generator"]
         g.load_state_dict(weights)
-        resolution, pad = pro.geometry(cfg.model, tuple(source.shape))
         res, alpha, _ = schedule_from(cfg.model, resolution).at(max(int(state["step"]), 1))
         return pro.GrownSampler(g, res, alpha, pad).to(device).eval()
