@@ -18,8 +18,9 @@ usage: ganlab <command> [hydra overrides]
 commands:
   train    train a GAN: ganlab train model=wgan_gp dataset=mnist train.steps=2000
            (Hydra app: --help, --cfg job, -m/--multirun sweeps, --info, -sc shell completion)
-  sample   samples of a trained run: ganlab sample run=RUN_DIR n=10000 out=samples.npz [labels=3] [ema=false]
+  sample   samples of a trained run: ganlab sample run=RUN_DIR n=10000 out=samples.npz [labels=3] [ema=false] [truncation=0.7]
   eval     metrics of a run or an .npz vs real data: ganlab eval target=RUN_DIR [n=2000] [features=pixels]
+  translate  a folder through a CycleGAN: ganlab translate run=RUN_DIR in=DIR out=DIR [direction=a2b|b2a]
   report   one row per run of a sweep or of outputs/: ganlab report DIR [--sort METRIC] [--format F]
 
 config groups (conf/): dataset, model, loss, optimizer, penalty, experiment, hparams_search
@@ -355,13 +356,20 @@ def eval_cli(args: list[str]) -> int:
     return _hydra_command("eval", evaluate, args, ("target", "out", "inception_weights", "dataset.root"))
 
 
+def translate_cli(args: list[str]) -> int:
+    from ganlab.translate import translate_run
+
+    return _hydra_command("translate", translate_run, args, ("run", "in", "out"))
+
+
 def report_cli(args: list[str]) -> int:
     from ganlab.report import main as report_main
 
     return report_main(args)
 
 
-COMMANDS = {"train": train_cli, "sample": sample_cli, "eval": eval_cli, "report": report_cli}
+COMMANDS = {"train": train_cli, "sample": sample_cli, "eval": eval_cli, "translate": translate_cli,
+            "report": report_cli}
 
 
 def main(argv: list[str] | None = None) -> None:

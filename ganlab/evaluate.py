@@ -50,10 +50,12 @@ def evaluate(cfg) -> dict:
     else:
         state = load_checkpoint(checkpoint_path(str(target), cfg.checkpoint))
         g = load_generator(state, ema=bool(cfg.ema), device=device)
+        torch.manual_seed(int(cfg.seed) + 7)  # noise inputs (StyleGAN, LapGAN's finer levels) draw from the global generator
         fake, _ = generate(g, int(cfg.n), generator=torch.Generator().manual_seed(int(cfg.seed) + 7), device=device)
         fake = fake.float().cpu()
         dataset_cfg = cfg.dataset if cfg.get("dataset") is not None else OmegaConf.create(state["config"]["dataset"])
-        source_desc = f"{state['config']['model']['name']} step {state['step']} ({'EMA' if cfg.ema and state.get('generator_ema') else 'raw'} weights)"
+        kept_ema = any(key.endswith("_ema") and state[key] for key in state)  # generator_ema, generator_0_ema, ...
+        source_desc = f"{state['config']['model']['name']} step {state['step']} ({'EMA' if cfg.ema and kept_ema else 'raw'} weights)"
         # beside the run's own metrics.json (written by training), never over it
         out = Path(cfg.out) if cfg.out else ((target if target.is_dir() else target.parent)
                                              / "eval" / str(cfg.checkpoint) / "metrics.json")

@@ -71,7 +71,8 @@ class Monitor:
     def scalars(self, step: int, values: dict[str, float]) -> None:
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
-        losses = "  ".join(f"{k.split('/')[-1]} {values[k]:.4g}" for k in ("Loss/D", "Loss/G") if k in values)
+        losses = "  ".join(f"{k.split('/')[-1]} {v:.4g}" for k, v in values.items()  # D, G; per level: D_0, G_0, ...
+                           if k.startswith(("Loss/D", "Loss/G")))
         rate = values.get("Perf/steps_per_s", 0.0)
         if self.progress is not None:
             self.progress.update(self.task, completed=step, rate=f"{rate:.1f} it/s", losses=losses,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,16 @@ def sample_run(cfg) -> Path:
     device = resolve_device(cfg.device)
     state = load_checkpoint(checkpoint_path(cfg.run, cfg.checkpoint))
     g = load_generator(state, ema=bool(cfg.ema), device=device)
+    psi = cfg.get("truncation")
+    if psi is not None:
+        if not isinstance(psi, (int, float)) or isinstance(psi, bool) or not math.isfinite(psi):
+            raise GanlabError(f"truncation={psi!r} is not valid: give psi as a number, e.g. truncation=0.7 (1: none, "
+                              "0: every sample is the average w's image).")
+        if not hasattr(g, "psi"):
+            raise GanlabError(f"truncation needs a generator with a mapping network (model=stylegan); this run is "
+                              f"model={state['config']['model']['name']}. Drop truncation=.")
+        g.psi = float(psi)
+    torch.manual_seed(int(cfg.seed))  # noise inputs (StyleGAN) draw from the global generator
     labels = cfg.labels
     if labels is not None:
         labels = [int(labels)] * int(cfg.n) if isinstance(labels, int) else [int(v) for v in labels]

@@ -302,7 +302,7 @@ class _Run:
                  f"{obj.batch_description(int(t.batch_size))} | device {device} | run dir {run_dir}")
         if not self.start_step:
             self.monitor.text("config", "```\n" + OmegaConf.to_yaml(cfg) + "\n```")
-            if source.kind == "image":
+            if source.kind in ("image", "unpaired"):
                 self.monitor.image("Samples/real", image_grid(self.batches.preview(t.n_samples)), 0)
 
         ev = cfg.eval

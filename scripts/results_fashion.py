@@ -6,7 +6,7 @@ Every number comes from a real `ganlab train` run (the CLI in a subprocess, as s
 runs them), scored at the end by ganlab's Fashion-MNIST classifier at 32 px (trained once and cached
 before the jobs start): FD of its features, its Inception-style score, classes hit, class KL.
 
-    python scripts/results_fashion.py                        # dcgan and pggan, 15 CPU minutes each
+    python scripts/results_fashion.py                        # dcgan, pggan, lapgan and stylegan, 15 CPU minutes each
     python scripts/results_fashion.py --families dcgan pggan --minutes 10 --seeds 0 1
     python scripts/results_fashion.py --quick                # tiny budgets, not written to docs/
 
@@ -39,6 +39,12 @@ RECIPES = {
                "model.stable_images=12000", "model.batch_sizes=[64,64,32,32]"],
               "the paper's recipe with CPU-sized nets (32 channels at every resolution) and 12k images per fade "
               "and per stabilization instead of 800k, so that G is grown to 32 px in about half the budget"),
+    "lapgan": (["model=lapgan", "model.widths=[32,32,600]"],
+               "the recipe as it ships (3 levels 8 -> 16 -> 32 px, Adam 2e-4) with CPU-sized conv nets (32 channels "
+               "instead of 128 at the two finer levels)"),
+    "stylegan": (["model=stylegan", "model.width=32", "model.fmap_base=1024"],
+                 "the recipe as it ships (StyleGAN2 demodulation, 8-layer mapping, R1 gamma 10 lazily every 16 steps, "
+                 "style mixing 0.9, batch 32) with the same CPU-sized nets as pggan (32 channels at every resolution)"),
 }
 
 
@@ -75,13 +81,14 @@ def main() -> None:
         for seed in args.seeds:
             overrides = [*RECIPES[family][0], *data, *budget]
             runs.append(Run("fashion", family, seed, overrides, run_dir=out / slug(overrides) / f"seed{seed}"))
+    reused = [r for r in runs if (r.run_dir / "metrics.json").is_file()]  # made by an earlier invocation
     t0 = time.monotonic()
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(lambda r: launch(r, out), runs))
     total = time.monotonic() - t0
 
     lines = [BEGIN, "## 5. Beyond the canon, on the real Fashion-MNIST (32 px)", "",
-             f"Made by `{shlex.join(['python', 'scripts/results_fashion.py', *sys.argv[1:]])}` on {time.strftime('%Y-%m-%d')} "
+             f"Made by `{shlex.join(['python', 'scripts/results_fashion.py', *_shown_args(sys.argv[1:])])}` on {time.strftime('%Y-%m-%d')} "
              f"({platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
              f"{args.jobs} jobs at a time with one thread each; {total / 60:.0f} min in all). The full Fashion-MNIST "
              f"training set (60,000 images, Debian's `dataset-fashion-mnist`) resized to 32 px; every family gets "
@@ -91,6 +98,9 @@ def main() -> None:
              "its features, its Inception-style score (max 10), classes hit by its argmax, KL of that histogram to "
              "the real one. Commands: `" + "`; `".join(
                  f"{cli([o for o in RECIPES[f][0]] + data + budget)} seed=S" for f in args.families) + "`.", "",
+             *([f"Reused from an earlier invocation of the same command (their run dirs held metrics.json; "
+                f"the time above does not include them): {', '.join(f'{r.name} seed {r.seed}' for r in reused)}.", ""]
+               if reused else []),
              *([args.note, ""] if args.note else []),
              "| family | recipe | G steps | images shown to D | classifier FD | classifier score | classes | class KL |",
              "|---|---|---|---|---|---|---|---|"]
@@ -121,13 +131,35 @@ def main() -> None:
     sys.exit(1 if any(r.rc != 0 for r in runs) else 0)
 
 
+def _shown_args(argv: list[str]) -> list[str]:
+    """The command line for the doc, without --note's text (it is printed as a paragraph of its own)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--note":
+            out += ["--note", "TEXT"]
+            skip = True
+        elif arg.startswith("--note="):
+            out += ["--note", "TEXT"]
+        else:
+            out.append(arg)
+    return out
+
+
 def _images_shown(run: Run) -> int:
-    """Real images D saw: PG-GAN logs its running count (Schedule/kimg); the others show batch x n_critic per step."""
+    """Real images D saw: PG-GAN logs its running count (Schedule/kimg); the others show batch x n_critic per
+    step, and StyleGAN's lazy R1 phase one more real batch every model.r1_every steps."""
     kimg = scalars(run.run_dir, "Schedule/kimg")
     if kimg:
         return int(round(kimg[-1][1] * 1000))
     conf = yaml.safe_load((run.run_dir / ".hydra" / "config.yaml").read_text())
-    return int(run.metrics["step"]) * int(conf["train"]["batch_size"]) * int(conf["train"]["n_critic"])
+    step, batch = int(run.metrics["step"]), int(conf["train"]["batch_size"])
+    shown = step * batch * int(conf["train"]["n_critic"])
+    every = conf["model"].get("r1_every") or 0
+    if conf["model"].get("objective") == "stylegan" and conf["penalty"]["name"] != "none" and every > 1:
+        shown += step // every * batch
+    return shown
 
 if __name__ == "__main__":
     main()

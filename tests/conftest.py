@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ganlab.data.synthetic import digit_like, make_cifar, make_idx, make_image_folder  # noqa: F401 (re-exported)
+from ganlab.data.synthetic import digit_like, make_cifar, make_idx, make_image_folder, make_unpaired  # noqa: F401 (re-exported)
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = sorted(p.stem for p in (REPO / "conf" / "model").glob("*.yaml"))
@@ -26,12 +26,16 @@ def data_root(tmp_path_factory) -> Path:
     make_idx(root, "FashionMNIST", gz=True)
     make_cifar(root)
     make_image_folder(root / "images")
+    make_unpaired(root / "unpaired", n=24, size=28)
     return root
 
 
 def dataset_overrides(name: str, root: Path) -> list[str]:
     if name == "image_folder":
         return [f"dataset.root={root / 'images'}"]
+    if name == "unpaired":
+        return [f"dataset.root_a={root / 'unpaired' / 'a'}", f"dataset.root_b={root / 'unpaired' / 'b'}",
+                "dataset.resolution=32"]
     if name in ("ring8", "grid25"):
         return []
     if name == "stacked_mnist":

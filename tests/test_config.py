@@ -23,6 +23,8 @@ def test_every_option_of_every_group_composes_and_validates(group, option):
     overrides = [f"{group}={option}"]
     if option == "image_folder":
         overrides.append("dataset.root=/somewhere")
+    if option == "unpaired" or option == "cyclegan":
+        overrides += ["dataset.root_a=/photos", "dataset.root_b=/paintings"]
     cfg = compose(*overrides)
     validate(cfg)
     assert OmegaConf.to_container(cfg, resolve=True)

@@ -27,6 +27,16 @@ PAPER = {
     "pggan": ("wasserstein", "Adam", 1e-3, [0.0, 0.99], 1, "gp",
               {"penalty.weight": 10.0, "model.drift": 0.001, "tricks.ema": 0.999, "model.minibatch_stddev": 4,
                "model.fade_images": 800000, "model.stable_images": 800000, "model.objective": "progressive"}),
+    "stylegan": ("nonsaturating", "Adam", 2e-3, [0.0, 0.99], 1, "r1",
+                 {"penalty.weight": 5.0, "model.style": "demod", "model.mapping_layers": 8, "model.mapping_lr_mul": 0.01,
+                  "model.mixing_prob": 0.9, "model.r1_every": 16, "model.w_avg_beta": 0.995, "model.pl_every": 4,
+                  "model.minibatch_stddev": 4, "tricks.ema": 0.999, "model.objective": "stylegan"}),
+    "lapgan": ("nonsaturating", "Adam", 2e-4, [0.5, 0.999], 1, "none",
+               {"model.levels": 3, "model.objective": "lapgan", "model.conditional": False}),
+    "cyclegan": ("least_squares", "Adam", 2e-4, [0.5, 0.999], 1, "none",
+                 {"model.lambda_cycle": 10.0, "model.lambda_identity": 0.5, "model.pool_size": 50, "model.blocks": 6,
+                  "model.d_layers": 3, "model.width": 64, "train.batch_size": 1, "train.lr_decay_from": 0.5,
+                  "dataset.name": "unpaired", "model.objective": "cyclegan"}),
 }
 
 

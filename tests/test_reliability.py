@@ -42,13 +42,13 @@ def _numbered_steps(run) -> list[int]:
     return sorted(int(p.stem.split("_")[1]) for p in (run / "checkpoints").glob("step_*.pt"))
 
 
-def _assert_same_training_state(a, b):
+def _assert_same_training_state(a, b, nets=("generator", "discriminator"), optimizers=("opt_g", "opt_d")):
     assert a["step"] == b["step"]
-    for part in ("generator", "discriminator"):
+    for part in nets:
         assert a[part].keys() == b[part].keys()
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), (part, key)
-    for part in ("opt_g", "opt_d"):
+    for part in optimizers:
         for index, slots in a[part]["state"].items():
             for slot, value in slots.items():
                 assert torch.equal(value, b[part]["state"][index][slot]), (part, index, slot)

@@ -7,7 +7,9 @@
 - Disk-backed sets (image_folder) go through a DataLoader with workers, in the same kind of
   seeded per-epoch order, so a resumed run reads on from where it stopped.
 - 2D mixtures are sampled on the device for every batch.
-All of them hand out (x, y): x float in [-1, 1] on the device, y the labels (or None).
+- Two unpaired image domains (CycleGAN) live on the device like in-memory sets, each in its own order.
+All of them hand out (x, y): x float in [-1, 1] on the device, y the labels (or None); unpaired
+domains hand out (images of A, images of B).
 """
 
 from __future__ import annotations
@@ -132,6 +134,37 @@ class LoaderBatches:
             self._seek(int(state["epoch"]), int(state["pos"]))
 
 
+class UnpairedBatches:
+    """Two image domains (ganlab.data.sources.UnpairedSource) on the device, each in its own seeded
+    epoch order: `next(n)` is (n images of A, n images of B), each flipped left-right with probability
+    0.5 when the source says so (drawn from the torch RNG on the device, which checkpoints restore)."""
+
+    def __init__(self, source, batch_size: int, seed: int, device: torch.device):
+        data = source.load()
+        self.a = DeviceBatches(data["a"], None, batch_size, seed, device)
+        self.b = DeviceBatches(data["b"], None, batch_size, seed + 1, device)
+        self.flip, self.device = source.flip, device
+
+    def _flip(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.flip:
+            return x
+        mirrored = torch.rand(x.shape[0], device=self.device) < 0.5
+        return torch.where(mirrored[:, None, None, None], x.flip(-1), x)
+
+    def next(self, n: int | None = None):
+        return self._flip(self.a.next(n)[0]), self._flip(self.b.next(n)[0])
+
+    def preview(self, n: int) -> torch.Tensor:
+        return torch.cat([self.a.preview(n // 2), self.b.preview(n - n // 2)])
+
+    def state_dict(self) -> dict:
+        return {"a": self.a.state_dict(), "b": self.b.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.a.load_state_dict(state["a"])
+        self.b.load_state_dict(state["b"])
+
+
 class PointBatches:
     def __init__(self, source, batch_size: int, seed: int, device: torch.device):
         self.source, self.batch_size, self.device = source, batch_size, device
@@ -150,6 +183,8 @@ class PointBatches:
 def build_batches(source, batch_size: int, seed: int, device: torch.device, num_workers: int = 0):
     if source.kind == "points":
         return PointBatches(source, batch_size, seed, device)
+    if source.kind == "unpaired":
+        return UnpairedBatches(source, batch_size, seed, device)
     if source.in_memory:
         x, y = source.load()
         if source.num_classes is None:

@@ -35,7 +35,11 @@ def build_source(dataset_cfg):
     try:
         return instantiate(dataset_cfg)
     except MissingMandatoryValue:
-        raise GanlabError(f"dataset={dataset_cfg.name} needs dataset.root=DIR (the folder that holds the data).") from None
+        from omegaconf import OmegaConf
+
+        missing = [k for k in dataset_cfg if OmegaConf.is_missing(dataset_cfg, k)] or ["root"]
+        raise GanlabError(f"dataset={dataset_cfg.name} needs " + " and ".join(f"dataset.{k}=DIR" for k in missing)
+                          + " (the folder" + ("s that hold" if len(missing) > 1 else " that holds") + " the data).") from None
     except Exception as exc:
         cause = exc
         while cause is not None and not isinstance(cause, GanlabError):
@@ -273,6 +277,49 @@ class ImageFolderSource(_ImageSource):
                 "set dataset.root=DIR to a folder that holds some."
             )
         return _FolderDataset(files, self.resolution, self.channels)
+
+
+class UnpairedSource(_ImageSource):
+    """Two folders of images, domains A and B (CycleGAN's unpaired training sets: photos/ and paintings/),
+    each searched recursively, resized on the short side and centre-cropped to `resolution`, and held
+    in memory as uint8 (on the training device, like the other in-memory sets). `flip`: random
+    horizontal flips per image and batch, as the paper does. A batch is a pair (images of A, images of
+    B), drawn in independent orders: the domains need not be the same size."""
+
+    kind = "unpaired"
+
+    def __init__(self, name, root_a, root_b, resolution=64, channels=3, flip=True):
+        super().__init__(name, resolution, channels, None)
+        if channels not in (1, 3):
+            raise GanlabError(f"dataset.channels={channels} is not valid for unpaired: use 1 or 3.")
+        self.roots = {"a": Path(str(root_a)).expanduser(), "b": Path(str(root_b)).expanduser()}
+        self.flip = bool(flip)
+        self._data: dict[str, torch.Tensor] | None = None
+
+    def files(self, domain: str) -> list[Path]:
+        root = self.roots[domain]
+        if not root.is_dir():
+            raise GanlabError(f"unpaired: {root} is not a directory; set dataset.root_{domain}=DIR to the folder of "
+                              f"domain {domain.upper()}'s images.")
+        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
+        if not files:
+            raise GanlabError(f"unpaired: no images ({', '.join(sorted(_IMAGE_SUFFIXES))}) under {root}; set "
+                              f"dataset.root_{domain}=DIR to a folder that holds domain {domain.upper()}'s images.")
+        return files
+
+    def load(self) -> dict[str, torch.Tensor]:
+        """{"a": uint8 N_a x C x R x R, "b": uint8 N_b x C x R x R}, read once and kept."""
+        if self._data is None:
+            self._data = {}
+            for domain in ("a", "b"):
+                ds = _FolderDataset(self.files(domain), self.resolution, self.channels)
+                self._data[domain] = torch.stack([ds[i][0] for i in range(len(ds))])
+        return self._data
+
+    def fixed(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first n images of A and of B, uint8 (the fixed set TensorBoard's rows show)."""
+        data = self.load()
+        return data["a"][:n], data["b"][:n]
 
 
 class MixtureSource:

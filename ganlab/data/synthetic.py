@@ -62,3 +62,18 @@ def make_image_folder(root: Path, n: int = 24) -> Path:
         pic = Image.fromarray(im).resize((48 + 8 * (i % 3), 48))
         pic.save(sub / (f"{i}.png" if i % 3 else f"{i}.jpg"))
     return root
+
+
+def make_unpaired(root: Path, n: int = 24, size: int = 32) -> tuple[Path, Path]:
+    """Two PNG folders for unpaired translation: digit-like strokes (A) and inverted strokes (B), drawn
+    independently (no image of A has its inverse in B)."""
+    from PIL import Image
+
+    a_imgs, _ = digit_like(n, size=size, seed=1)
+    b_imgs, _ = digit_like(n, size=size, seed=2)
+    folders = (root / "a", root / "b")
+    for folder, imgs in zip(folders, (a_imgs, 255 - b_imgs)):
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, im in enumerate(imgs):
+            Image.fromarray(im).save(folder / f"{i:03d}.png")
+    return folders

@@ -16,6 +16,9 @@ from ganlab.objectives.base import Objective, Phase, Runtime
 OBJECTIVES = {
     "adversarial": "ganlab.objectives.adversarial.Adversarial",
     "progressive": "ganlab.objectives.progressive.Progressive",
+    "stylegan": "ganlab.objectives.stylegan.StyleGAN",
+    "lapgan": "ganlab.objectives.lapgan.LapGAN",
+    "cyclegan": "ganlab.objectives.cyclegan.CycleGAN",
 }
 DEFAULT = "adversarial"  # checkpoints written before objectives existed hold no model.objective
 
@@ -37,7 +40,14 @@ def objective_class(name: str) -> type[Objective]:
 
 def build_objective(cfg, source, device) -> Objective:
     """The run's objective: its nets on `device`, optimizers, EMA and schedules, from the config."""
-    return objective_class(cfg.model.get("objective", DEFAULT))(cfg, source, device)
+    cls = objective_class(cfg.model.get("objective", DEFAULT))
+    if source.kind not in cls.data_kinds:
+        if source.kind == "unpaired":
+            raise GanlabError(f"dataset={source.name} holds two unpaired image domains, for model=cyclegan; "
+                              f"model={cfg.model.name} trains on one set of images or 2D points.")
+        raise GanlabError(f"model={cfg.model.name} translates between two image domains: use dataset=unpaired "
+                          "dataset.root_a=DIR dataset.root_b=DIR (e.g. the folders scripts/fashion_domains.py writes).")
+    return cls(cfg, source, device)
 
 
 def load_generator(state: dict, ema: bool = True, device="cpu"):

@@ -17,7 +17,7 @@ from ganlab.data.sources import build_source
 from ganlab.errors import GanlabError
 from ganlab.losses import d_score_logs, get_loss, get_penalty
 from ganlab.models import build_models, generate, resolve_backbone, sample_z
-from ganlab.objectives.base import Objective, Phase, Runtime
+from ganlab.objectives.base import Objective, Phase, Runtime, generator_weights
 from ganlab.optim import make_optimizers
 from ganlab.tricks import EMA, add_instance_noise, clip_weights, d_targets, instance_noise_std, uses_label_tricks
 from ganlab.viz import image_grid, scatter_image
@@ -150,6 +150,5 @@ class Adversarial(Objective):
     def load_generator(cls, cfg, state: dict, ema: bool, device):
         source = build_source(cfg.dataset)  # sources read no data until asked to
         g, _ = build_models(cfg.model, source)
-        weights = state.get("generator_ema") if ema and state.get("generator_ema") else state["generator"]
-        g.load_state_dict(weights)
+        g.load_state_dict(generator_weights(state, ema))
         return g.to(device).eval()

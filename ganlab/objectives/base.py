@@ -26,11 +26,15 @@ An `Objective` owns what one training step *is* for its family:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import torch
 from torch import Tensor, nn
+
+from ganlab.errors import GanlabError
+from ganlab.tricks import uses_label_tricks
 
 
 class Runtime(Protocol):
@@ -74,6 +78,7 @@ class Objective:
     ema: dict[str, object]  # net name -> ganlab.tricks.EMA
     phases: tuple[Phase, ...]
     images_per_step: int = 0  # images through the discriminator(s) per step, for Perf/images_per_s
+    data_kinds: tuple[str, ...] = ("image", "points")  # the data sources it trains on (source.kind)
 
     def __init__(self):
         self.nets, self.optimizers, self.ema, self.phases = {}, {}, {}, ()
@@ -125,3 +130,26 @@ class Objective:
         """The sampling network from a checkpoint (its config rebuilds it; no data is read):
         `g(z, y)` with attributes z_dim, conditional, num_classes, as `ganlab.models.generate` uses."""
         raise NotImplementedError
+
+
+def check_karras_family(cfg, source, stabilizers: str) -> None:
+    """The Karras families (pggan, stylegan) train unconditionally on images with their own stabilizers
+    and one D step per G step: one clear error, before any data is read, for 2D points, conditioning or
+    the canon's label tricks; a warning for another n_critic."""
+    m = cfg.model
+    if source.kind != "image":
+        raise GanlabError(f"model={m.name} needs images (its G builds them from 4x4 up); use mnist, fashion_mnist, "
+                          "cifar10, stacked_mnist or image_folder.")
+    if m.get("conditional"):
+        raise GanlabError(f"model={m.name} is unconditional; use model.conditional=false (or model=cgan).")
+    if uses_label_tricks(cfg.tricks) or float(cfg.tricks.instance_noise) > 0:
+        raise GanlabError(f"model={m.name} does not use the label tricks or instance noise; drop those tricks.* "
+                          f"overrides (its own stabilizers are {stabilizers}).")
+    if int(cfg.train.n_critic) != 1:
+        logging.getLogger("ganlab").warning(f"model={m.name} with train.n_critic={cfg.train.n_critic}: the paper "
+                                            "alternates one D and one G step (and counts its schedules in steps).")
+
+
+def generator_weights(state: dict, ema: bool) -> dict:
+    """A checkpoint's generator weights: the EMA copy when the run kept one and `ema` is true, else the raw ones."""
+    return state.get("generator_ema") if ema and state.get("generator_ema") else state["generator"]

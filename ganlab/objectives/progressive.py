@@ -28,9 +28,9 @@ from ganlab.errors import GanlabError
 from ganlab.losses import d_score_logs, get_loss, get_penalty
 from ganlab.models import generate, sample_z
 from ganlab.models import progressive as pro
-from ganlab.objectives.base import Objective, Phase, Runtime
+from ganlab.objectives.base import Objective, Phase, Runtime, generator_weights, check_karras_family
 from ganlab.optim import make_optimizers
-from ganlab.tricks import EMA, uses_label_tricks
+from ganlab.tricks import EMA
 from ganlab.viz import image_grid
 
 log = logging.getLogger("ganlab")
@@ -105,16 +105,7 @@ class Progressive(Objective):
     def __init__(self, cfg, source, device: torch.device):
         super().__init__()
         m, t, tricks = cfg.model, cfg.train, cfg.tricks
-        if source.kind != "image":
-            raise GanlabError(f"model={m.name} needs images (it grows G and D from 4x4); use mnist, fashion_mnist, "
-                              "cifar10, stacked_mnist or image_folder.")
-        if m.conditional:
-            raise GanlabError(f"model={m.name} is unconditional; use model.conditional=false (or model=cgan).")
-        if uses_label_tricks(tricks) or float(tricks.instance_noise) > 0:
-            raise GanlabError(f"model={m.name} does not use the label tricks or instance noise; drop those tricks.* "
-                              "overrides (its own stabilizers are pixel norm, the minibatch stddev and the drift term).")
-        if int(t.n_critic) != 1:
-            log.warning(f"model={m.name} with train.n_critic={t.n_critic}: the paper alternates one D and one G step.")
+        check_karras_family(cfg, source, "pixel norm, the minibatch stddev and the drift term")
         self.resolution, self.pad = pro.geometry(m, tuple(source.shape))
         self.schedule = schedule_from(m, self.resolution)
         if not getattr(source, "in_memory", True):  # a folder is read in batches of train.batch_size: each stage's must be a multiple
@@ -258,10 +249,16 @@ class Progressive(Objective):
 
     @classmethod
     def load_generator(cls, cfg, state: dict, ema: bool, device):
-        source = build_source(cfg.dataset)  # sources read no data until asked to
-        resolution, pad = pro.geometry(cfg.model, tuple(source.shape))
-        g, _ = pro.build(cfg.model, tuple(source.shape), resolution)
-        weights = state.get("generator_ema") if ema and state.get("generator_ema") else state["generator"]
-        g.load_state_dict(weights)
-        res, alpha, _ = schedule_from(cfg.model, resolution).at(max(int(state["step"]), 1))
+        g, pad = karras_generator(cfg, state, ema, pro.build)
+        res, alpha, _ = schedule_from(cfg.model, g.resolution).at(max(int(state["step"]), 1))
         return pro.GrownSampler(g, res, alpha, pad).to(device).eval()
+
+
+def karras_generator(cfg, state: dict, ema: bool, build) -> tuple:
+    """(G of a Karras family (pggan, stylegan) with a checkpoint's weights, the data's padding), rebuilt by
+    `build(model_cfg, shape, resolution)` from the saved config: no data is read."""
+    source = build_source(cfg.dataset)  # sources read no data until asked to
+    resolution, pad = pro.geometry(cfg.model, tuple(source.shape))
+    g, _ = build(cfg.model, tuple(source.shape), resolution)
+    g.load_state_dict(generator_weights(state, ema))
+    return g, pad

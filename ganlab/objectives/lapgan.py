@@ -1,0 +1,174 @@
+"""LapGAN's objective (Denton et al. 2015): one GAN per level of the Laplacian pyramid, trained jointly.
+
+Each level k has its own G_k, D_k, optimizers ("g<k>", "d<k>") and phases ("D<k>" then "G<k>", finest
+level first). Every phase takes its own real batch and builds what its level needs on the device:
+the coarsest level K judges the low-pass image I_K (K halvings of the batch); a finer level k judges
+the real residual h_k = I_k - up(down(I_k)) against G_k's residual, both paired with the same
+low-pass condition l = up(down(I_k)), the way the paper trains each level on real low-pass inputs.
+Labels (model.conditional=true) are the batch's. Loss and penalty: the configured ones (the paper:
+the GAN loss, no penalty).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import Tensor
+
+from ganlab.data.sources import build_source
+from ganlab.errors import GanlabError
+from ganlab.losses import d_score_logs, get_loss, get_penalty
+from ganlab.models import generate, sample_z
+from ganlab.models import lapgan as lap
+from ganlab.models.progressive import to_full_size
+from ganlab.objectives.base import Objective, Phase, Runtime, generator_weights
+from ganlab.optim import make_optimizers
+from ganlab.tricks import EMA, uses_label_tricks
+from ganlab.viz import image_grid
+
+
+def _num_classes(cfg, source) -> int | None:
+    if not cfg.model.conditional:
+        return None
+    if not getattr(source, "num_classes", None):
+        raise GanlabError(f"model.conditional=true needs a labelled dataset; {source.name} has no labels. Use mnist, "
+                          "fashion_mnist or cifar10, or model.conditional=false.")
+    return int(source.num_classes)
+
+
+def residual_grid(h: Tensor, nrow: int | None = None) -> Tensor:
+    """Signed residuals for display: 0 is mid-grey, +-(the grid's largest |h|) white and black."""
+    return image_grid(h / h.abs().amax().clamp_min(1e-8), nrow)
+
+
+class LapGAN(Objective):
+    def __init__(self, cfg, source, device: torch.device):
+        super().__init__()
+        m, t, tricks = cfg.model, cfg.train, cfg.tricks
+        if source.kind != "image":
+            raise GanlabError(f"model={m.name} needs images (it models their Laplacian pyramid); use mnist, "
+                              "fashion_mnist, cifar10, stacked_mnist or image_folder.")
+        if uses_label_tricks(tricks) or float(tricks.instance_noise) > 0:
+            raise GanlabError(f"model={m.name} does not use the label tricks or instance noise; drop those tricks.* "
+                              "overrides.")
+        self.n_classes = _num_classes(cfg, source)
+        gens, discs = lap.build(m, tuple(source.shape), self.n_classes)
+        self.levels, self.top = len(gens), len(gens) - 1
+        self.loss_fn, self.d_kw, self.g_kw = get_loss(cfg.loss)
+        self.penalty, self.penalty_name = get_penalty(cfg.penalty), cfg.penalty.name
+        self.device, self.z_dim, self.batch = device, int(m.z_dim), int(t.batch_size)
+        n_critic = int(t.n_critic)
+        phases = []
+        for k, (g, d) in enumerate(zip(gens, discs)):
+            g, d = g.to(device), d.to(device)
+            self.nets[f"generator_{k}"], self.nets[f"discriminator_{k}"] = g, d
+            self.optimizers[f"g{k}"], self.optimizers[f"d{k}"] = make_optimizers(cfg.optimizer, g, d, device)
+            if tricks.ema:
+                self.ema[f"generator_{k}"] = EMA(g, float(tricks.ema), tricks.get("ema_rampup"))
+            phases += [Phase(f"D{k}", f"d{k}", (f"discriminator_{k}",), partial(self.d_loss, k), repeats=n_critic),
+                       Phase(f"G{k}", f"g{k}", (f"generator_{k}",), partial(self.g_loss, k))]
+        self.phases = tuple(phases)
+        self.images_per_step = self.batch * (2 * n_critic + 1) * self.levels
+        n = int(t.n_samples)
+        self.n_fixed = max(1, n // self.n_classes) * self.n_classes if self.n_classes else n
+        self.fixed_z = sample_z(self.n_fixed, self.z_dim, torch.Generator().manual_seed(cfg.seed + 1)).to(device)
+        self.fixed_y = ((torch.arange(self.n_fixed) * self.n_classes // self.n_fixed).to(device)
+                        if self.n_classes else None)
+        self.seed = int(cfg.seed)
+
+    # ------------------------------------------------------------------------------ the phases
+    def level_data(self, k: int, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """What level k trains on, from a real batch: (I_K, None) at the top; (h_k, l_k) below, with
+        I_k = k halvings of x, l_k = up(down(I_k)) and h_k = I_k - l_k."""
+        for _ in range(k):
+            x = lap.down(x)
+        if k == self.top:
+            return x, None
+        low = lap.up(lap.down(x))
+        return x - low, low
+
+    def _fake(self, k: int, l: Tensor | None, y: Tensor | None, n: int) -> Tensor:
+        g = self.fwd[f"generator_{k}"]
+        if k == self.top:
+            return g(sample_z(n, self.z_dim, device=self.device), None, y)
+        return g(torch.randn(n, 1, *l.shape[2:], device=self.device), l, y)
+
+    def _batch(self, rt: Runtime):
+        x, y = rt.next_batch()
+        return x, (y if self.n_classes else None)
+
+    def d_loss(self, k: int, step: int, rt: Runtime):
+        x, y = self._batch(rt)
+        real, l = self.level_data(k, x)
+        d, loss = self.fwd[f"discriminator_{k}"], self.loss_fn
+        with rt.autocast():
+            with torch.no_grad():
+                fake = self._fake(k, l, y, x.shape[0]).to(real.dtype)
+            d_real, d_fake = d(real, l, y).float(), d(fake, l, y).float()
+        loss_d = loss.d(d_real, d_fake, **self.d_kw)
+        logs = {}
+        if self.penalty is not None:
+            fn, weight, kw = self.penalty
+            raw_d = self.nets[f"discriminator_{k}"]  # the double backward stays eager
+            with rt.autocast():
+                pen = fn(lambda h: raw_d(h, l, y), real, fake, scale=rt.loss_scale(f"d{k}"), **kw)
+            loss_d = loss_d + weight * pen
+            logs[f"Loss/penalty_{k}"] = pen
+        return loss_d, {f"Loss/D_{k}": loss_d, **logs,
+                        **{f"{tag}_{k}": v for tag, v in d_score_logs(loss, d_real, d_fake).items()}}
+
+    def g_loss(self, k: int, step: int, rt: Runtime):
+        x, y = self._batch(rt)
+        _, l = self.level_data(k, x)
+        with rt.autocast():
+            fake = self._fake(k, l, y, x.shape[0])
+            score = self.fwd[f"discriminator_{k}"](fake.float(), l, y).float()
+        loss_g = self.loss_fn.g(score, **self.g_kw)
+        return loss_g, {f"Loss/G_{k}": loss_g}
+
+    # ---------------------------------------------------------------------- reporting, sampling
+    def describe(self) -> str:
+        count = lambda prefix: sum(p.numel() for name, net in self.nets.items() if name.startswith(prefix)  # noqa: E731
+                                   for p in net.parameters())
+        top = self.nets[f"generator_{self.top}"].shape[-1]
+        return (f"Laplacian pyramid, {self.levels} levels ({' -> '.join(str(top * 2 ** i) for i in range(self.levels))} "
+                f"px){', conditional' if self.n_classes else ''} | loss {self.loss_fn.name}"
+                f"{' + ' + self.penalty_name if self.penalty else ''} | G {count('generator'):,} params, "
+                f"D {count('discriminator'):,} params in all")
+
+    def sampler(self) -> lap.LapSampler:
+        pick = lambda k: self.ema[f"generator_{k}"].module if self.ema else self.nets[f"generator_{k}"]  # noqa: E731
+        return lap.LapSampler([pick(k) for k in range(self.levels)])
+
+    def snapshot(self, step: int) -> dict[str, Tensor]:
+        """The composed images of the fixed latents (Samples/fixed_z), and per level on the way down its
+        low-pass input up(I~_{k+1}), its generated residual and the image so far (upsampled to the full size)."""
+        g = self.sampler()
+        was_training = g.training
+        g.eval()
+        torch.manual_seed(self.seed + 5)  # the finer levels' noise planes (the loop samples aside from training)
+        trace: list = []
+        with torch.no_grad():
+            out = {"Samples/fixed_z": image_grid(g(self.fixed_z, self.fixed_y, trace=trace))}
+        g.train(was_training)
+        size = trace[-1][3].shape[-1]
+        nrow = self.n_fixed // self.n_classes if self.n_classes else None
+        for k, low, h, x in trace:
+            out[f"Samples/level_{k}/image"] = image_grid(to_full_size(x, size).clamp(-1, 1), nrow)
+            if h is not None:
+                out[f"Samples/level_{k}/lowpass"] = image_grid(to_full_size(low, size), nrow)
+                out[f"Samples/level_{k}/residual"] = residual_grid(to_full_size(h, size), nrow)
+        return out
+
+    def generate(self, n: int, generator: torch.Generator) -> Tensor:
+        return generate(self.sampler(), n, device=self.device, generator=generator)[0]
+
+    @classmethod
+    def load_generator(cls, cfg, state: dict, ema: bool, device):
+        source = build_source(cfg.dataset)  # sources read no data until asked to
+        gens, _ = lap.build(cfg.model, tuple(source.shape), _num_classes(cfg, source))
+        for k, g in enumerate(gens):
+            g.load_state_dict(generator_weights({"generator": state[f"generator_{k}"],
+                                                 "generator_ema": state.get(f"generator_{k}_ema")}, ema))
+        return lap.LapSampler(gens).to(device).eval()

@@ -1,0 +1,155 @@
+"""LapGAN (Denton et al. 2015): the Laplacian pyramid, what each level's D and G are fed in training and
+in sampling, and a real CPU run with the per-level grids in TensorBoard, sampling, eval and an exact resume."""
+
+import contextlib
+
+import numpy as np
+import pytest
+import torch
+
+from ganlab.errors import GanlabError
+from ganlab.models import lapgan as lap
+from ganlab.objectives.lapgan import LapGAN
+from conftest import compose, make_idx, read_events, run_cli
+from test_reliability import _assert_same_training_state
+
+SMALL = ("model.widths=[8,8,32]", "model.z_dim=16", "train.batch_size=6")
+
+
+def _source(shape=(1, 28, 28), kind="image", num_classes=10):
+    return type("S", (), {"kind": kind, "shape": shape, "name": "mnist", "num_classes": num_classes})()
+
+
+class _Rt:
+    device = torch.device("cpu")
+
+    def __init__(self, x, y=None):
+        self.x, self.y = x, y
+
+    def next_batch(self, n=None):
+        return self.x, self.y
+
+    def autocast(self):
+        return contextlib.nullcontext()
+
+    def loss_scale(self, optimizer):
+        return None
+
+
+def test_building_and_collapsing_the_pyramid_gives_the_image_back():
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    pyr = lap.pyramid(x, 3)
+    assert [p.shape[-1] for p in pyr] == [32, 16, 8]
+    assert torch.allclose(lap.collapse(pyr), x, atol=1e-6)
+    assert torch.equal(pyr[-1], lap.down(lap.down(x)))  # the low-pass top
+    assert pyr[0].abs().mean() < x.abs().mean()  # a band-pass residual is small where the image is smooth
+    assert torch.allclose(lap.collapse(lap.pyramid(x[:, :, :28, :28], 3)), x[:, :, :28, :28], atol=1e-6)  # 28 -> 14 -> 7
+
+
+def test_the_real_residual_fed_to_d_k_is_i_k_minus_up_down_i_k():
+    obj = LapGAN(compose("model=lapgan", *SMALL), _source(), torch.device("cpu"))
+    x = torch.rand(6, 1, 28, 28) * 2 - 1
+    for k in range(3):
+        seen = []
+        d = obj.nets[f"discriminator_{k}"]
+        hook = d.register_forward_hook(lambda mod, args, out: seen.append(args))
+        obj.d_loss(k, 1, _Rt(x))
+        hook.remove()
+        real, l, _ = seen[0]  # the first D call: the reals
+        i_k = x
+        for _ in range(k):
+            i_k = lap.down(i_k)
+        if k == 2:
+            assert l is None and torch.equal(real, i_k)  # the top level judges the low-pass image itself
+        else:
+            assert torch.equal(l, lap.up(lap.down(i_k))) and torch.equal(real, i_k - lap.up(lap.down(i_k)))
+            assert torch.equal(seen[1][1], l)  # the fakes are paired with the same low-pass image
+
+
+def test_each_level_g_gets_the_upsampled_coarser_image_in_training_and_sampling():
+    obj = LapGAN(compose("model=lapgan", *SMALL), _source(), torch.device("cpu"))
+    x = torch.rand(6, 1, 28, 28) * 2 - 1
+    seen = []
+    hook = obj.nets["generator_0"].register_forward_hook(lambda mod, args, out: seen.append(args))
+    obj.g_loss(0, 1, _Rt(x))
+    hook.remove()
+    assert torch.equal(seen[0][1], lap.up(lap.down(x)))
+    # sampling, coarse to fine: G_k's condition is up(the image composed so far at level k + 1)
+    g = obj.sampler()
+    calls = {}
+    hooks = [gen.register_forward_hook(lambda mod, args, out, k=k: calls.__setitem__(k, (args, out)))
+             for k, gen in enumerate(g.gens)]
+    with torch.no_grad():
+        sample = g(torch.randn(5, 16))
+    for h in hooks:
+        h.remove()
+    composed = {2: calls[2][1]}
+    for k in (1, 0):
+        (noise, low, _), h = calls[k]
+        assert torch.equal(low, lap.up(composed[k + 1])), k
+        assert noise.shape == (5, 1, *low.shape[2:])
+        composed[k] = low + h
+    assert torch.equal(sample, composed[0].clamp(-1, 1))
+    assert sample.shape == (5, 1, 28, 28) and sample.min() >= -1 and sample.max() <= 1
+
+
+def test_class_conditional_levels_and_refusals():
+    cfg = compose("model=lapgan", *SMALL, "model.conditional=true")
+    obj = LapGAN(cfg, _source(), torch.device("cpu"))
+    g = obj.sampler()
+    assert g.conditional and g.num_classes == 10
+    with torch.no_grad():
+        assert g(torch.randn(4, 16), torch.tensor([0, 1, 2, 3])).shape == (4, 1, 28, 28)
+    loss, logs = obj.d_loss(1, 1, _Rt(torch.rand(6, 1, 28, 28) * 2 - 1, torch.arange(6)))
+    assert torch.isfinite(loss) and "Loss/D_1" in logs
+    cpu = torch.device("cpu")
+    with pytest.raises(GanlabError, match="needs images"):
+        LapGAN(compose("model=lapgan", "dataset=ring8"), _source((2,), "points"), cpu)
+    with pytest.raises(GanlabError, match="halves evenly"):
+        LapGAN(compose("model=lapgan", "model.levels=4", "model.widths=[8,8,8,8]"), _source(), cpu)  # 28 -> 3.5
+    with pytest.raises(GanlabError, match="one positive width per level"):
+        LapGAN(compose("model=lapgan", "model.widths=[8,8]"), _source(), cpu)
+    with pytest.raises(GanlabError, match="needs a labelled dataset"):
+        LapGAN(cfg, _source(num_classes=None), cpu)
+
+
+def _args(data, run, steps, *extra):
+    return ["train", "model=lapgan", f"dataset.root={data}", "dataset.download=false", "device=cpu", *SMALL,
+            f"train.steps={steps}", "train.log_every=4", "train.sample_every=8", "train.ckpt_every=8",
+            "train.n_samples=16", "train.progress=none", f"hydra.run.dir={run}", *extra]
+
+
+def test_a_cpu_run_shows_every_level_in_tensorboard_samples_and_resumes_exactly(tmp_path):
+    data = tmp_path / "data"
+    make_idx(data, n=96)
+    whole = tmp_path / "whole"
+    out = run_cli(*_args(data, whole, 16), cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Laplacian pyramid, 3 levels (7 -> 14 -> 28 px)" in out.stdout + out.stderr
+    acc = read_events(whole / "tb")
+    images = set(acc.Tags()["images"])
+    assert {"Samples/fixed_z", "Samples/level_2/image", "Samples/level_1/lowpass", "Samples/level_1/residual",
+            "Samples/level_1/image", "Samples/level_0/lowpass", "Samples/level_0/residual",
+            "Samples/level_0/image"} <= images
+    assert [e.step for e in acc.Images("Samples/level_1/residual")] == [8, 16]
+    assert acc.Images("Samples/level_2/image")[-1].width == acc.Images("Samples/fixed_z")[-1].width  # shown at full size
+    scalars = set(acc.Tags()["scalars"])
+    assert {f"Loss/{p}_{k}" for p in "DG" for k in range(3)} <= scalars
+    assert {f"Grad/{p}{k}_norm" for p in "DG" for k in range(3)} <= scalars
+
+    out = run_cli("sample", f"run={whole}", "n=5", f"out={tmp_path / 's.npz'}", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    samples = np.load(tmp_path / "s.npz")["arr_0"]
+    assert samples.shape == (5, 28, 28, 1) and samples.dtype == np.uint8
+    out = run_cli("eval", f"target={whole}", "n=64", "features=pixels", "metrics=[fd]", cwd=tmp_path)
+    assert out.returncode == 0 and "fd" in out.stdout, out.stdout + out.stderr
+
+    # 8 steps, then resumed to 16: every level's nets and optimizers as in the uninterrupted run
+    split = tmp_path / "split"
+    assert run_cli(*_args(data, split, 8), cwd=tmp_path).returncode == 0
+    out = run_cli(*_args(data, split, 16), "resume=true", cwd=tmp_path)
+    assert out.returncode == 0 and "resuming at step 8" in out.stdout + out.stderr, out.stdout + out.stderr
+    a = torch.load(whole / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(split / "checkpoints" / "last.pt", weights_only=True)
+    _assert_same_training_state(a, b, nets=[f"{net}_{k}" for net in ("generator", "discriminator") for k in range(3)],
+                                optimizers=[f"opt_{opt}{k}" for opt in "gd" for k in range(3)])
