@@ -92,7 +92,8 @@ class CycleGAN(Objective):
             raise GanlabError(f"model={m.name} trains without a gradient penalty; use penalty=none.")
         if cfg.eval.every:
             raise GanlabError(f"model={m.name} translates images and has no sampler for eval.every's metrics; drop "
-                              "eval.every, translate a folder with `ganlab translate` and score it with `ganlab eval`.")
+                              "eval.every and translate a folder with `ganlab translate` (scripts/results_cyclegan.py scores "
+                              "translations with a classifier).")
         if int(t.n_critic) != 1:
             raise GanlabError(f"model={m.name} alternates one G and one D update; use train.n_critic=1.")
         g_ab, g_ba, d_a, d_b = (net.to(device) for net in cg.build(m, tuple(source.shape)))
