@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from ganlab.checkpoint import checkpoint_path, load_checkpoint
-from ganlab.data.sources import _IMAGE_SUFFIXES
+from ganlab.data.sources import IMAGE_KINDS, image_files
 from ganlab.device import resolve_device
 from ganlab.errors import GanlabError
 from ganlab.models import cyclegan as cg
@@ -36,9 +36,9 @@ def _images(src: Path) -> list[Path]:
         return [src]
     if not src.is_dir():
         raise GanlabError(f"in={src}: no such folder or image.")
-    files = sorted(p for p in src.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
+    files = image_files(src)
     if not files:
-        raise GanlabError(f"in={src} holds no images ({', '.join(sorted(_IMAGE_SUFFIXES))}).")
+        raise GanlabError(f"in={src} holds no images ({IMAGE_KINDS}).")
     return files
 
 

@@ -232,6 +232,12 @@ class StackedMnistSource(_ImageSource):
 
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+IMAGE_KINDS = ", ".join(sorted(_IMAGE_SUFFIXES))  # for messages
+
+
+def image_files(root: Path) -> list[Path]:
+    """Every image file under `root` (recursively, by suffix), sorted: the order a folder is read in."""
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
 
 
 class _FolderDataset(torch.utils.data.Dataset):
@@ -270,10 +276,10 @@ class ImageFolderSource(_ImageSource):
     def dataset(self) -> torch.utils.data.Dataset:
         if not self.root.is_dir():
             raise GanlabError(f"image_folder: {self.root} is not a directory; set dataset.root=DIR to a folder of images.")
-        files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
+        files = image_files(self.root)
         if not files:
             raise GanlabError(
-                f"image_folder: no images ({', '.join(sorted(_IMAGE_SUFFIXES))}) under {self.root}; "
+                f"image_folder: no images ({IMAGE_KINDS}) under {self.root}; "
                 "set dataset.root=DIR to a folder that holds some."
             )
         return _FolderDataset(files, self.resolution, self.channels)
@@ -301,9 +307,9 @@ class UnpairedSource(_ImageSource):
         if not root.is_dir():
             raise GanlabError(f"unpaired: {root} is not a directory; set dataset.root_{domain}=DIR to the folder of "
                               f"domain {domain.upper()}'s images.")
-        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
+        files = image_files(root)
         if not files:
-            raise GanlabError(f"unpaired: no images ({', '.join(sorted(_IMAGE_SUFFIXES))}) under {root}; set "
+            raise GanlabError(f"unpaired: no images ({IMAGE_KINDS}) under {root}; set "
                               f"dataset.root_{domain}=DIR to a folder that holds domain {domain.upper()}'s images.")
         return files
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ganlab.data.batches import to_unit_range
 from ganlab.errors import GanlabError
 from ganlab.losses import d_score_logs, get_loss
 from ganlab.models import cyclegan as cg
@@ -119,7 +120,7 @@ class CycleGAN(Objective):
         self.images_per_step = 2 * self.batch * 3  # per domain: a real and a fake through D, a fake through D in G
         n_fixed = max(1, min(8, int(t.n_samples)))
         fixed_a, fixed_b = source.fixed(n_fixed)
-        self.fixed = {"a": (fixed_a.float() / 127.5 - 1).to(device), "b": (fixed_b.float() / 127.5 - 1).to(device)}
+        self.fixed = {"a": to_unit_range(fixed_a).to(device), "b": to_unit_range(fixed_b).to(device)}
         self._step_data: tuple | None = None  # the G phase's reals and fakes, for the D phase of the same step
 
     # ------------------------------------------------------------------------------ the phases
