@@ -21,6 +21,7 @@ commands:
   sample   samples of a trained run: ganlab sample run=RUN_DIR n=10000 out=samples.npz [labels=3] [ema=false] [truncation=0.7]
   eval     metrics of a run or an .npz vs real data: ganlab eval target=RUN_DIR [n=2000] [features=pixels]
   translate  a folder through a CycleGAN: ganlab translate run=RUN_DIR in=DIR out=DIR [direction=a2b|b2a]
+  inpaint  fill holes with an inpaint run: ganlab inpaint run=RUN_DIR in=IMAGE_OR_DIR mask=MASK_OR_DIR out=DIR
   report   one row per run of a sweep or of outputs/: ganlab report DIR [--sort METRIC] [--format F]
 
 config groups (conf/): dataset, model, loss, optimizer, penalty, experiment, hparams_search
@@ -362,6 +363,12 @@ def translate_cli(args: list[str]) -> int:
     return _hydra_command("translate", translate_run, args, ("run", "in", "out"))
 
 
+def inpaint_cli(args: list[str]) -> int:
+    from ganlab.inpaint import inpaint_run
+
+    return _hydra_command("inpaint", inpaint_run, args, ("run", "in", "mask", "out"))
+
+
 def report_cli(args: list[str]) -> int:
     from ganlab.report import main as report_main
 
@@ -369,7 +376,7 @@ def report_cli(args: list[str]) -> int:
 
 
 COMMANDS = {"train": train_cli, "sample": sample_cli, "eval": eval_cli, "translate": translate_cli,
-            "report": report_cli}
+            "inpaint": inpaint_cli, "report": report_cli}
 
 
 def main(argv: list[str] | None = None) -> None:

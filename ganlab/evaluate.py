@@ -18,8 +18,7 @@ from ganlab.checkpoint import checkpoint_path, load_checkpoint
 from ganlab.device import resolve_device
 from ganlab.errors import GanlabError
 from ganlab.metrics.scorer import Scorer, real_samples
-from ganlab.models import generate
-from ganlab.objectives import load_generator
+from ganlab.objectives import DEFAULT, objective_class
 
 
 def _fake_from_npz(path: Path) -> torch.Tensor:
@@ -44,22 +43,22 @@ def evaluate(cfg) -> dict:
             raise GanlabError(f"target={target}: no such file.")
         if cfg.get("dataset") is None:
             raise GanlabError("an .npz target needs the reference data: add dataset=NAME (and dataset.root=DIR).")
-        fake = _fake_from_npz(target)
+        fake, own = _fake_from_npz(target), {}
         dataset_cfg, source_desc = cfg.dataset, "npz"
+        source, real, real_hist = real_samples(dataset_cfg, int(cfg.n), int(cfg.seed))
         out = Path(cfg.out) if cfg.out else target.with_suffix(".metrics.json")
     else:
         state = load_checkpoint(checkpoint_path(str(target), cfg.checkpoint))
-        g = load_generator(state, ema=bool(cfg.ema), device=device)
-        torch.manual_seed(int(cfg.seed) + 7)  # noise inputs (StyleGAN, LapGAN's finer levels) draw from the global generator
-        fake, _ = generate(g, int(cfg.n), generator=torch.Generator().manual_seed(int(cfg.seed) + 7), device=device)
-        fake = fake.float().cpu()
-        dataset_cfg = cfg.dataset if cfg.get("dataset") is not None else OmegaConf.create(state["config"]["dataset"])
+        run_cfg = OmegaConf.create(state["config"])
+        dataset_cfg = cfg.dataset if cfg.get("dataset") is not None else run_cfg.dataset
+        source, real, real_hist = real_samples(dataset_cfg, int(cfg.n), int(cfg.seed))
+        fake, own = objective_class(run_cfg.model.get("objective", DEFAULT)).evaluation_of_checkpoint(
+            run_cfg, state, int(cfg.n), torch.Generator().manual_seed(int(cfg.seed) + 7), real, bool(cfg.ema), device)
         kept_ema = any(key.endswith("_ema") and state[key] for key in state)  # generator_ema, generator_0_ema, ...
         source_desc = f"{state['config']['model']['name']} step {state['step']} ({'EMA' if cfg.ema and kept_ema else 'raw'} weights)"
         # beside the run's own metrics.json (written by training), never over it
         out = Path(cfg.out) if cfg.out else ((target if target.is_dir() else target.parent)
                                              / "eval" / str(cfg.checkpoint) / "metrics.json")
-    source, real, real_hist = real_samples(dataset_cfg, int(cfg.n), int(cfg.seed))
     if min(len(fake), len(real)) < 10:
         raise GanlabError(f"too few samples to score ({len(fake)} generated, {len(real)} real); use n >= 10 "
                           "(thousands for numbers worth reporting).")
@@ -69,7 +68,7 @@ def evaluate(cfg) -> dict:
 
     metrics = cfg.metrics if isinstance(cfg.metrics, str) else list(cfg.metrics)
     scorer = Scorer(source, real, metrics, cfg.features, cfg.inception_weights, device, real_hist)
-    results = scorer(fake)
+    results = {**scorer(fake), **own}
     protocol = {**scorer.protocol, "n_fake": len(fake), "generated_by": source_desc,
                 "reference": {"dataset": source.name, "split": dataset_cfg.get("split", "sampled"),
                               "root": str(dataset_cfg.get("root", "")), "seed": int(cfg.seed)}}

@@ -276,6 +276,7 @@ class _Run:
         if clash:
             raise ValueError(f"{type(obj).__name__}: names {clash} clash with the checkpoint's own keys {_RESERVED_KEYS}")
         self.batches = build_batches(source, t.batch_size, cfg.seed, device, t.num_workers)
+        obj.attach(self.batches)
         channels_last = (device.type == "cuda") if t.channels_last == "auto" else bool(t.channels_last)
         channels_last = channels_last and source.kind == "image"
         if channels_last:
@@ -306,9 +307,10 @@ class _Run:
                 self.monitor.image("Samples/real", image_grid(self.batches.preview(t.n_samples)), 0)
 
         ev = cfg.eval
-        self.scorer, self.protocol = None, {}
+        self.scorer, self.protocol, self.real_ref = None, {}, None
         if ev.every or source.kind == "points":
             _, real_ref, real_hist = real_samples(cfg.dataset, int(ev.n), cfg.seed + 3)
+            self.real_ref = real_ref
             metrics = ev.metrics if isinstance(ev.metrics, str) else list(ev.metrics)
             self.scorer = Scorer(source, real_ref, metrics, ev.features, ev.inception_weights, device, real_hist)
             self.protocol = {**self.scorer.protocol, "n_fake": int(ev.n),
@@ -395,8 +397,9 @@ class _Run:
         """Score eval.n samples (EMA when kept); keep checkpoints/best.pt by eval.monitor."""
         ev = self.cfg.eval
         with self._aside():
-            fake = self.objective.generate(int(ev.n), torch.Generator().manual_seed(self.cfg.seed + 4))
-        scores = {f"Metrics/{k}": float(v) for k, v in self.scorer(fake.float()).items()
+            fake, own = self.objective.evaluation(int(ev.n), torch.Generator().manual_seed(self.cfg.seed + 4),
+                                                  self.real_ref)
+        scores = {f"Metrics/{k}": float(v) for k, v in {**self.scorer(fake.float()), **own}.items()
                   if k not in ("n_samples", "n_modes", "n_classes")}
         self.monitor.scalars(step, scores)
         if ev.monitor:

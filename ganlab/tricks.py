@@ -86,6 +86,13 @@ class EMA:
             d.copy_(s)
 
 
+def make_emas(tricks, nets: dict[str, nn.Module], names) -> dict[str, EMA]:
+    """tricks.ema's moving averages of the named nets (with tricks.ema_rampup), by name; none when tricks.ema is 0."""
+    if not tricks.ema:
+        return {}
+    return {name: EMA(nets[name], float(tricks.ema), tricks.get("ema_rampup")) for name in names}
+
+
 @torch.no_grad()
 def clip_weights(params: list[torch.Tensor], c: float) -> None:
     """Clamp every weight to [-c, c] in place (WGAN's Lipschitz constraint)."""

@@ -36,6 +36,19 @@ FAMILIES_2D = ["gan", "lsgan", "wgan", "wgan_gp", "sngan", "cgan"]
 FAMILIES_IMG = ["gan", "dcgan", "lsgan", "wgan", "wgan_gp", "sngan", "cgan"]
 
 
+def write_section(begin: str, end: str, section: str) -> Path:
+    """docs/results.md with `section` (which starts with `begin` and ends with `end` and a newline) in place
+    of the one between those markers, or appended when there is none yet."""
+    doc = REPO / "docs" / "results.md"
+    text = doc.read_text()
+    if begin in text:
+        text = text[:text.index(begin)] + section + text[text.index(end) + len(end) + 1:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    doc.write_text(text)
+    return doc
+
+
 @dataclass
 class Run:
     section: str

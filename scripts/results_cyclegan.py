@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fashion_domains import DEBIAN, export  # noqa: E402
-from results import REPO  # noqa: E402
+from results import REPO, write_section  # noqa: E402
 
 BEGIN, END = "<!-- results_cyclegan.py: begin -->", "<!-- results_cyclegan.py: end -->"
 PICTURE = REPO / "docs" / "images" / "cyclegan_fashion.png"
@@ -159,11 +159,7 @@ def main() -> None:
     canvas.paste(pictures[0], (0, 0))
     canvas.paste(pictures[1], (0, pictures[0].height + 6))
     canvas.save(PICTURE)
-    doc = REPO / "docs" / "results.md"
-    text = doc.read_text()
-    text = (text[:text.index(BEGIN)] + section + text[text.index(END) + len(END) + 1:] if BEGIN in text
-            else text.rstrip("\n") + "\n\n" + section)
-    doc.write_text(text)
+    doc = write_section(BEGIN, END, section)
     (out / "scores.json").write_text(json.dumps({"rows": rows, "steps": steps_done}, indent=2))
     print(f"written: {doc}, {PICTURE}")
 

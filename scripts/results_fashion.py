@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import yaml  # noqa: E402
-from results import REPO, Run, cli, launch, mean_std, per_seed, scalars, slug  # noqa: E402
+from results import REPO, Run, cli, launch, mean_std, per_seed, scalars, slug, write_section  # noqa: E402
 
 BEGIN, END = "<!-- results_fashion.py: begin -->", "<!-- results_fashion.py: end -->"
 DEBIAN = "/usr/share/datasets/fashion-mnist"
@@ -120,13 +120,7 @@ def main() -> None:
     print(section)
     if args.quick:
         return
-    doc = REPO / "docs" / "results.md"
-    text = doc.read_text()
-    if BEGIN in text:
-        text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END) + 1:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    doc.write_text(text)
+    doc = write_section(BEGIN, END, section)
     print(f"written: {doc}")
     sys.exit(1 if any(r.rc != 0 for r in runs) else 0)
 

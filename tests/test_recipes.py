@@ -37,6 +37,10 @@ PAPER = {
                  {"model.lambda_cycle": 10.0, "model.lambda_identity": 0.5, "model.pool_size": 50, "model.blocks": 6,
                   "model.d_layers": 3, "model.width": 64, "train.batch_size": 1, "train.lr_decay_from": 0.5,
                   "dataset.name": "unpaired", "model.objective": "cyclegan"}),
+    "inpaint": ("nonsaturating", "Adam", 2e-4, [0.5, 0.999], 1, "none",
+                {"model.recipe": "context_encoder", "model.mask": "center", "model.mask_ratio": 0.25,
+                 "model.bottleneck": "conv", "model.bottleneck_dim": 4000, "model.width": 64, "train.batch_size": 64,
+                 "model.lambda_rec": None, "model.lambda_adv": None, "model.objective": "inpaint"}),
 }
 
 

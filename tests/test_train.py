@@ -13,7 +13,7 @@ from ganlab.train import train
 from conftest import DATASETS, MODELS, compose, dataset_overrides, read_events
 
 IMAGE_SETS = {"mnist", "fashion_mnist", "cifar10", "image_folder", "stacked_mnist"}
-CONV_ONLY = {"dcgan", "pggan", "stylegan", "lapgan"}
+CONV_ONLY = {"dcgan", "pggan", "stylegan", "lapgan", "inpaint"}
 CONDITIONAL = {"cgan"}
 
 
@@ -53,7 +53,7 @@ def test_every_model_on_every_dataset(model, dataset, data_root, tmp_path):
     assert {f"Loss/{d}", f"Loss/{g}", f"Grad/{d.replace('_', '')}_norm", f"Grad/{g.replace('_', '')}_norm",
             "Perf/images_per_s"} <= set(tags["scalars"])
     shown = {"ring8": "Samples/scatter", "grid25": "Samples/scatter", "unpaired": "Samples/a2b"}
-    assert shown.get(dataset, "Samples/fixed_z") in tags["images"]
+    assert shown.get(dataset, "Samples/inpaint" if model == "inpaint" else "Samples/fixed_z") in tags["images"]
 
 
 @pytest.mark.parametrize("resolution", [28, 32, 64])

@@ -50,12 +50,14 @@ class ResnetGenerator(nn.Module):
 
 
 class PatchDiscriminator(nn.Module):
-    def __init__(self, channels: int, width: int, n_layers: int = 3):
+    """`norm`: CycleGAN's instance norm, or pix2pix's nn.BatchNorm2d."""
+
+    def __init__(self, channels: int, width: int, n_layers: int = 3, norm=nn.InstanceNorm2d):
         super().__init__()
         layers, ch = [nn.Conv2d(channels, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2, True)], width
         for i in range(1, n_layers + 1):
             out = width * min(2 ** i, 8)
-            layers += [nn.Conv2d(ch, out, 4, stride=2 if i < n_layers else 1, padding=1), nn.InstanceNorm2d(out),
+            layers += [nn.Conv2d(ch, out, 4, stride=2 if i < n_layers else 1, padding=1), norm(out),
                        nn.LeakyReLU(0.2, True)]
             ch = out
         layers += [nn.Conv2d(ch, 1, 4, stride=1, padding=1)]

@@ -19,6 +19,7 @@ OBJECTIVES = {
     "stylegan": "ganlab.objectives.stylegan.StyleGAN",
     "lapgan": "ganlab.objectives.lapgan.LapGAN",
     "cyclegan": "ganlab.objectives.cyclegan.CycleGAN",
+    "inpaint": "ganlab.objectives.inpaint.Inpaint",
 }
 DEFAULT = "adversarial"  # checkpoints written before objectives existed hold no model.objective
 
@@ -44,9 +45,8 @@ def build_objective(cfg, source, device) -> Objective:
     if source.kind not in cls.data_kinds:
         if source.kind == "unpaired":
             raise GanlabError(f"dataset={source.name} holds two unpaired image domains, for model=cyclegan; "
-                              f"model={cfg.model.name} trains on one set of images or 2D points.")
-        raise GanlabError(f"model={cfg.model.name} translates between two image domains: use dataset=unpaired "
-                          "dataset.root_a=DIR dataset.root_b=DIR (e.g. the folders scripts/fashion_domains.py writes).")
+                              f"model={cfg.model.name} {cls.data_hint}")
+        raise GanlabError(f"model={cfg.model.name} {cls.data_hint}")
     return cls(cfg, source, device)
 
 

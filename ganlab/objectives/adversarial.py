@@ -19,7 +19,7 @@ from ganlab.losses import d_score_logs, get_loss, get_penalty
 from ganlab.models import build_models, generate, resolve_backbone, sample_z
 from ganlab.objectives.base import Objective, Phase, Runtime, generator_weights
 from ganlab.optim import make_optimizers
-from ganlab.tricks import EMA, add_instance_noise, clip_weights, d_targets, instance_noise_std, uses_label_tricks
+from ganlab.tricks import add_instance_noise, clip_weights, d_targets, instance_noise_std, make_emas, uses_label_tricks
 from ganlab.viz import image_grid, scatter_image
 
 log = logging.getLogger("ganlab")
@@ -45,7 +45,7 @@ class Adversarial(Objective):
         opt_g, opt_d = make_optimizers(cfg.optimizer, g, d, device)
         self.nets = {"generator": g, "discriminator": d}
         self.optimizers = {"g": opt_g, "d": opt_d}
-        self.ema = {"generator": EMA(g, float(tricks.ema), tricks.get("ema_rampup"))} if tricks.ema else {}
+        self.ema = make_emas(tricks, self.nets, ["generator"])
 
         self.source, self.device, self.tricks = source, device, tricks
         self.steps_total = int(t.steps)

@@ -79,6 +79,7 @@ class Objective:
     phases: tuple[Phase, ...]
     images_per_step: int = 0  # images through the discriminator(s) per step, for Perf/images_per_s
     data_kinds: tuple[str, ...] = ("image", "points")  # the data sources it trains on (source.kind)
+    data_hint = "trains on one set of images or 2D points."  # the refusal for other data: "model=NAME <hint>"
 
     def __init__(self):
         self.nets, self.optimizers, self.ema, self.phases = {}, {}, {}, ()
@@ -114,9 +115,31 @@ class Objective:
         e.g. PG-GAN's last step at each resolution, so every resolution has its grid)."""
         return False
 
+    def attach(self, batches) -> None:
+        """The run's training data (`batches.preview(n)`: its first n images), for objectives that need
+        fixed real inputs for their snapshots (inpainting's rows). Called once, before training."""
+
     def generate(self, n: int, generator: torch.Generator) -> Tensor:
         """n samples for the metrics, drawn with `generator`."""
         raise NotImplementedError
+
+    def evaluation(self, n: int, generator: torch.Generator, real: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """What the evaluation scores: n samples for the run's scorer (compared with `real`, the reference
+        set, on the CPU in [-1, 1]) and the family's own metrics (e.g. inpainting's PSNR on the holes it
+        fills in `real`). Default: `generate(n, generator)` and none."""
+        return self.generate(n, generator), {}
+
+    @classmethod
+    def evaluation_of_checkpoint(cls, cfg, state: dict, n: int, generator: torch.Generator, real: Tensor, ema: bool,
+                                 device) -> tuple[Tensor, dict[str, float]]:
+        """`evaluation` for `ganlab eval` on a checkpoint (no loop, no training data). Default: n samples of
+        `load_generator` (its noise inputs from the global RNG, seeded from `generator`) and no metrics of its own."""
+        from ganlab.models import generate
+
+        g = cls.load_generator(cfg, state, ema, device)
+        torch.manual_seed(int(generator.initial_seed()))  # noise inputs (StyleGAN, LapGAN's finer levels)
+        fake, _ = generate(g, n, generator=generator, device=device)
+        return fake.float().cpu(), {}
 
     def state_dict(self) -> dict:
         """State beyond nets, optimizers and EMA that a resume needs (plain containers, tensors)."""
@@ -148,6 +171,17 @@ def check_karras_family(cfg, source, stabilizers: str) -> None:
     if int(cfg.train.n_critic) != 1:
         logging.getLogger("ganlab").warning(f"model={m.name} with train.n_critic={cfg.train.n_critic}: the paper "
                                             "alternates one D and one G step (and counts its schedules in steps).")
+
+
+def check_image_to_image(cfg, conditioned_on: str) -> None:
+    """The image-to-image families (cyclegan, inpaint) are conditioned on images: one clear error, before
+    any data is read, for class labels, the canon's label tricks, instance noise or a gradient penalty."""
+    m = cfg.model
+    if uses_label_tricks(cfg.tricks) or float(cfg.tricks.instance_noise) > 0 or m.get("conditional"):
+        raise GanlabError(f"model={m.name} is conditioned on {conditioned_on}, not on labels, and uses no label tricks "
+                          "or instance noise; drop those overrides.")
+    if cfg.penalty.name != "none":
+        raise GanlabError(f"model={m.name} trains without a gradient penalty, as its paper does; use penalty=none.")
 
 
 def generator_weights(state: dict, ema: bool) -> dict:

@@ -27,9 +27,9 @@ from ganlab.data.batches import to_unit_range
 from ganlab.errors import GanlabError
 from ganlab.losses import d_score_logs, get_loss
 from ganlab.models import cyclegan as cg
-from ganlab.objectives.base import Objective, Phase, Runtime
+from ganlab.objectives.base import Objective, Phase, Runtime, check_image_to_image
 from ganlab.optim import is_convolutional, make_optimizer
-from ganlab.tricks import EMA, uses_label_tricks
+from ganlab.tricks import make_emas
 from ganlab.viz import image_grid
 
 
@@ -83,14 +83,13 @@ def identity_loss(x: Tensor, mapped: Tensor) -> Tensor:
 
 class CycleGAN(Objective):
     data_kinds = ("unpaired",)
+    data_hint = ("translates between two image domains: use dataset=unpaired dataset.root_a=DIR dataset.root_b=DIR "
+                 "(e.g. the folders scripts/fashion_domains.py writes).")
 
     def __init__(self, cfg, source, device: torch.device):
         super().__init__()
         m, t, tricks = cfg.model, cfg.train, cfg.tricks
-        if uses_label_tricks(tricks) or float(tricks.instance_noise) > 0 or m.get("conditional"):
-            raise GanlabError(f"model={m.name} uses no labels, label tricks or instance noise; drop those overrides.")
-        if cfg.penalty.name != "none":
-            raise GanlabError(f"model={m.name} trains without a gradient penalty; use penalty=none.")
+        check_image_to_image(cfg, "the other domain's images")
         if cfg.eval.every:
             raise GanlabError(f"model={m.name} translates images and has no sampler for eval.every's metrics; drop "
                               "eval.every and translate a folder with `ganlab translate` (scripts/results_cyclegan.py scores "
@@ -104,9 +103,7 @@ class CycleGAN(Objective):
             "g": make_optimizer(cfg.optimizer, [*g_ab.parameters(), *g_ba.parameters()], "g", device, conv),
             "d": make_optimizer(cfg.optimizer, [*d_a.parameters(), *d_b.parameters()], "d", device, conv),
         }
-        if tricks.ema:
-            self.ema = {name: EMA(self.nets[name], float(tricks.ema), tricks.get("ema_rampup"))
-                        for name in ("generator_ab", "generator_ba")}
+        self.ema = make_emas(tricks, self.nets, ["generator_ab", "generator_ba"])
         self.loss_fn, self.d_kw, self.g_kw = get_loss(cfg.loss)
         self.adv_weight, self.lambda_cycle = float(m.adv_weight), float(m.lambda_cycle)
         self.lambda_identity = float(m.lambda_identity)

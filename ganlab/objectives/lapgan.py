@@ -24,7 +24,7 @@ from ganlab.models import lapgan as lap
 from ganlab.models.progressive import to_full_size
 from ganlab.objectives.base import Objective, Phase, Runtime, generator_weights
 from ganlab.optim import make_optimizers
-from ganlab.tricks import EMA, uses_label_tricks
+from ganlab.tricks import make_emas, uses_label_tricks
 from ganlab.viz import image_grid
 
 
@@ -64,10 +64,9 @@ class LapGAN(Objective):
             g, d = g.to(device), d.to(device)
             self.nets[f"generator_{k}"], self.nets[f"discriminator_{k}"] = g, d
             self.optimizers[f"g{k}"], self.optimizers[f"d{k}"] = make_optimizers(cfg.optimizer, g, d, device)
-            if tricks.ema:
-                self.ema[f"generator_{k}"] = EMA(g, float(tricks.ema), tricks.get("ema_rampup"))
             phases += [Phase(f"D{k}", f"d{k}", (f"discriminator_{k}",), partial(self.d_loss, k), repeats=n_critic),
                        Phase(f"G{k}", f"g{k}", (f"generator_{k}",), partial(self.g_loss, k))]
+        self.ema = make_emas(tricks, self.nets, [f"generator_{k}" for k in range(len(gens))])
         self.phases = tuple(phases)
         self.images_per_step = self.batch * (2 * n_critic + 1) * self.levels
         n = int(t.n_samples)

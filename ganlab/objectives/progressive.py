@@ -30,7 +30,7 @@ from ganlab.models import generate, sample_z
 from ganlab.models import progressive as pro
 from ganlab.objectives.base import Objective, Phase, Runtime, generator_weights, check_karras_family
 from ganlab.optim import make_optimizers
-from ganlab.tricks import EMA
+from ganlab.tricks import make_emas
 from ganlab.viz import image_grid
 
 log = logging.getLogger("ganlab")
@@ -122,7 +122,7 @@ class Progressive(Objective):
         opt_g, opt_d = make_optimizers(cfg.optimizer, g, d, device)
         self.nets = {"generator": g, "discriminator": d}
         self.optimizers = {"g": opt_g, "d": opt_d}
-        self.ema = {"generator": EMA(g, float(tricks.ema), tricks.get("ema_rampup"))} if tricks.ema else {}
+        self.ema = make_emas(tricks, self.nets, ["generator"])
         self.device, self.z_dim, self.n_critic = device, int(m.z_dim), int(t.n_critic)
         self.steps_total, self.step = int(t.steps), 0
         self.phases = (Phase("D", "d", ("discriminator",), self.d_loss, repeats=self.n_critic),

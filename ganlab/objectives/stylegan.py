@@ -36,7 +36,7 @@ from ganlab.models import stylegan as sg
 from ganlab.objectives.base import Objective, Phase, Runtime, check_karras_family
 from ganlab.objectives.progressive import karras_generator
 from ganlab.optim import make_optimizers
-from ganlab.tricks import EMA
+from ganlab.tricks import make_emas
 from ganlab.viz import image_grid
 
 
@@ -84,7 +84,7 @@ class StyleGAN(Objective):
             lazy_adam(opt_g, self.pl_every)
         self.nets = {"generator": g, "discriminator": d}
         self.optimizers = {"g": opt_g, "d": opt_d}
-        self.ema = {"generator": EMA(g, float(tricks.ema), tricks.get("ema_rampup"))} if tricks.ema else {}
+        self.ema = make_emas(tricks, self.nets, ["generator"])
         self.device, self.z_dim, self.n_critic, self.batch = device, int(m.z_dim), int(t.n_critic), int(t.batch_size)
         self.pl_batch = max(1, self.batch // max(1, int(m.pl_batch_shrink)))
         self.pl_mean = torch.zeros((), device=device)
