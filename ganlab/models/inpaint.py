@@ -11,7 +11,7 @@ power of two >= 8 (28 -> 32) and cropped back, so every dataset size works.
   channels).
 - `UNet` (Isola et al. 2017, pix2pix's G): conv4x4 stride 2 down to 1x1 (LeakyReLU 0.2, BatchNorm
   but on the first and innermost), up with fractionally strided conv4x4 (ReLU, BatchNorm, dropout
-  0.5 in the three innermost up layers as the noise), skip connections concatenating each down
+  0.5 in the three up layers after the innermost as the noise), skip connections concatenating each down
   layer's output to the mirrored up layer's input.
 - `GlobalDiscriminator` (the context encoder's D, DCGAN style): strided conv4x4 to 4x4, a 4x4 conv to
   one logit per image.
