@@ -60,7 +60,7 @@ def inpaint_run(cfg) -> Path:
         m = read_mask(mask_path, size)
         small_x = resize(x, (resolution, resolution))
         small_m = (F.adaptive_avg_pool2d(m, resolution) > 0).float() if size != (resolution, resolution) else m
-        filled = fill(g, small_x.to(device), small_m.to(device)).float().cpu()
+        filled = fill(g, small_x, small_m)
         result = composite(x, resize(filled, size), m)
         write_image(output_path(path, src, out), result, mode)
         holes += float(m.mean())

@@ -10,6 +10,8 @@ D's feature extractor phi(x) -> N x F, and F. The wrappers add the label handlin
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -84,3 +86,25 @@ def apply_spectral_norm(module: nn.Module) -> nn.Module:
         else:
             apply_spectral_norm(child)
     return module
+
+
+def pow2_padding(size: int, target: int | None = None) -> tuple[int, tuple[int, int]]:
+    """(target, (pad before, pad after)) taking images of `size` to `target` (default: the next power of
+    two >= max(size, 8); 28 -> 32 with 2 + 2), for the networks that halve their maps down to 4x4 or 1x1."""
+    target = 2 ** math.ceil(math.log2(max(size, 8))) if target is None else target
+    extra = target - size
+    return target, (extra // 2, extra - extra // 2)
+
+
+def pad_border(x: torch.Tensor, pad: tuple[int, int], mode: str = "replicate") -> torch.Tensor:
+    """x padded by `pad` (before, after) on both spatial axes: edge pixels replicated, or 0 (mode="zeros")."""
+    a, b = pad
+    if not (a or b):
+        return x
+    return F.pad(x, (a, b, a, b), mode="replicate") if mode == "replicate" else F.pad(x, (a, b, a, b), value=0.0)
+
+
+def crop(x: torch.Tensor, pad: tuple[int, int]) -> torch.Tensor:
+    """The inverse of pad_border: `pad` (before, after) removed from both spatial axes."""
+    a, b = pad
+    return x if not (a or b) else x[..., a:x.shape[-2] - b, a:x.shape[-1] - b]

@@ -26,33 +26,14 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ganlab.errors import GanlabError
 from ganlab.models import init_weights
+from ganlab.models.base import crop, pad_border, pow2_padding
 from ganlab.models.cyclegan import PatchDiscriminator
 
 BOTTLENECKS = ("conv", "channel_fc")
-
-
-def padded_size(size: int) -> int:
-    return max(8, 2 ** math.ceil(math.log2(size)))
-
-
-def pad_to(x: Tensor, size: int, mode: str = "replicate") -> Tensor:
-    """x padded at the border (before: half, after: the rest) to size x size."""
-    extra = size - x.shape[-1]
-    if not extra:
-        return x
-    a, b = extra // 2, extra - extra // 2
-    return F.pad(x, (a, b, a, b), mode=mode) if mode == "replicate" else F.pad(x, (a, b, a, b), value=0.0)
-
-
-def crop(x: Tensor, size: int) -> Tensor:
-    extra = x.shape[-1] - size
-    a = extra // 2
-    return x[..., a:a + size, a:a + size] if extra else x
 
 
 def _width(width: int, level: int) -> int:
@@ -80,22 +61,29 @@ class InpaintGenerator(nn.Module):
 
     def __init__(self, net: nn.Module, size: int):
         super().__init__()
-        self.net, self.size, self.padded = net, size, padded_size(size)
+        self.net, self.pad = net, pow2_padding(size)[1]
 
     def forward(self, masked: Tensor, mask: Tensor) -> Tensor:
-        x = torch.cat([pad_to(masked, self.padded), pad_to(mask, self.padded, "zeros")], 1)
-        return crop(self.net(x), self.size)
+        x = torch.cat([pad_border(masked, self.pad), pad_border(mask, self.pad, "zeros")], 1)
+        return crop(self.net(x), self.pad)
+
+
+def _down_to_4x4(cin: int, padded: int, width: int) -> tuple[list[nn.Module], int]:
+    """DCGAN's strided conv4x4 stack from `padded` px down to 4x4 (LeakyReLU 0.2, BatchNorm after the first):
+    the context encoder's encoder and its D. Returns (layers, channels out)."""
+    levels = int(math.log2(padded // 4))
+    layers = [nn.Conv2d(cin, width, 4, 2, 1), nn.LeakyReLU(0.2, True)]
+    for i in range(1, levels):
+        layers += [nn.Conv2d(_width(width, i - 1), _width(width, i), 4, 2, 1, bias=False),
+                   nn.BatchNorm2d(_width(width, i)), nn.LeakyReLU(0.2, True)]
+    return layers, _width(width, levels - 1)
 
 
 class EncoderDecoder(nn.Module):
     def __init__(self, channels: int, padded: int, width: int, bottleneck: str, bottleneck_dim: int):
         super().__init__()
         levels = int(math.log2(padded // 4))
-        down = [nn.Conv2d(channels + 1, width, 4, 2, 1), nn.LeakyReLU(0.2, True)]
-        for i in range(1, levels):
-            down += [nn.Conv2d(_width(width, i - 1), _width(width, i), 4, 2, 1, bias=False),
-                     nn.BatchNorm2d(_width(width, i)), nn.LeakyReLU(0.2, True)]
-        top = _width(width, levels - 1)
+        down, top = _down_to_4x4(channels + 1, padded, width)
         if bottleneck == "channel_fc":
             mid = [ChannelwiseFC(top, 16), nn.BatchNorm2d(top), nn.ReLU(True)]
         else:
@@ -151,17 +139,12 @@ class UNet(nn.Module):
 class GlobalDiscriminator(nn.Module):
     def __init__(self, channels: int, size: int, width: int):
         super().__init__()
-        self.padded = padded_size(size)
-        levels = int(math.log2(self.padded // 4))
-        layers = [nn.Conv2d(channels, width, 4, 2, 1), nn.LeakyReLU(0.2, True)]
-        for i in range(1, levels):
-            layers += [nn.Conv2d(_width(width, i - 1), _width(width, i), 4, 2, 1, bias=False),
-                       nn.BatchNorm2d(_width(width, i)), nn.LeakyReLU(0.2, True)]
-        layers += [nn.Conv2d(_width(width, levels - 1), 1, 4)]
-        self.net = nn.Sequential(*layers)
+        padded, self.pad = pow2_padding(size)
+        layers, top = _down_to_4x4(channels, padded, width)
+        self.net = nn.Sequential(*layers, nn.Conv2d(top, 1, 4))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(pad_to(x, self.padded)).flatten(1)
+        return self.net(pad_border(x, self.pad)).flatten(1)
 
 
 class PairDiscriminator(nn.Module):
@@ -169,11 +152,11 @@ class PairDiscriminator(nn.Module):
 
     def __init__(self, channels: int, size: int, width: int, layers: int):
         super().__init__()
-        self.padded = padded_size(size)
+        self.pad = pow2_padding(size)[1]
         self.net = PatchDiscriminator(2 * channels + 1, width, layers, norm=nn.BatchNorm2d)
 
     def forward(self, x: Tensor, masked: Tensor, mask: Tensor) -> Tensor:
-        pair = torch.cat([pad_to(masked, self.padded), pad_to(mask, self.padded, "zeros"), pad_to(x, self.padded)], 1)
+        pair = torch.cat([pad_border(masked, self.pad), pad_border(mask, self.pad, "zeros"), pad_border(x, self.pad)], 1)
         return self.net(pair)
 
 
@@ -185,7 +168,7 @@ def build(model_cfg, shape: tuple[int, ...], recipe: dict) -> tuple[InpaintGener
     width = model_cfg.width
     if not isinstance(width, int) or isinstance(width, bool) or width < 1:
         raise GanlabError(f"model.width={width!r} is not valid: give an integer >= 1 (the papers: 64).")
-    padded = padded_size(h)
+    padded = pow2_padding(h)[0]
     if recipe["generator"] == "unet":
         net = UNet(c, padded, width)
     else:

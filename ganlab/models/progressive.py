@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ganlab.errors import GanlabError
-from ganlab.models.base import MinibatchStdDev
+from ganlab.models.base import MinibatchStdDev, crop, pow2_padding  # noqa: F401 (crop: pro.crop for the objectives)
 from ganlab.models.layers import EqualizedConv2d, EqualizedLinear, lrelu, pixel_norm
 
 SUPPORTS = ("image",)
@@ -46,7 +46,7 @@ def geometry(model_cfg, shape: tuple[int, ...]) -> tuple[int, tuple[int, int]]:
     if int(shape[-2]) != size:
         raise GanlabError(f"model={model_cfg.name} needs square images; the data are {shape[-2]}x{size}.")
     wanted = model_cfg.get("resolution", "auto")
-    target = 2 ** math.ceil(math.log2(max(size, 8))) if wanted in ("auto", None) else wanted
+    target = pow2_padding(size)[0] if wanted in ("auto", None) else wanted
     if not isinstance(target, int) or isinstance(target, bool) or target < 8 or target > MAX_RESOLUTION \
             or target & (target - 1):
         raise GanlabError(f"model.resolution={wanted!r} is not valid: use auto or a power of two from 8 to "
@@ -54,8 +54,7 @@ def geometry(model_cfg, shape: tuple[int, ...]) -> tuple[int, tuple[int, int]]:
     if target < size:
         raise GanlabError(f"model.resolution={target} is smaller than the data ({size}x{size}); add "
                           f"dataset.resolution={target} to train at {target}x{target}.")
-    extra = target - size
-    return target, (extra // 2, extra - extra // 2)
+    return pow2_padding(size, target)
 
 
 def channels(model_cfg, resolution: int) -> dict[int, int]:
@@ -156,11 +155,6 @@ def build(model_cfg, shape: tuple[int, ...], resolution: int) -> tuple[ProGenera
 def to_full_size(x: Tensor, resolution: int) -> Tensor:
     """A grid's images at `resolution` (nearest upsampling), so grids of every stage line up."""
     return x if x.shape[-1] == resolution else F.interpolate(x, scale_factor=resolution // x.shape[-1], mode="nearest")
-
-
-def crop(x: Tensor, pad: tuple[int, int]) -> Tensor:
-    a, b = pad
-    return x if not (a or b) else x[..., a:x.shape[-2] - b, a:x.shape[-1] - b]
 
 
 class GrownSampler(nn.Module):

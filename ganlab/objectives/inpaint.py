@@ -80,14 +80,15 @@ def mask_input(x: Tensor, mask: Tensor) -> Tensor:
 
 @torch.no_grad()
 def fill(g, x: Tensor, mask: Tensor, batch_size: int = 256) -> Tensor:
-    """x's holes filled by G (in eval mode), composited with the known pixels."""
-    was_training = g.training
+    """x's holes filled by G (in eval mode, on its device, batch by batch), composited with the known
+    pixels; returned on x's device."""
+    was_training, device = g.training, next(g.parameters()).device
     g.eval()
     try:
         out = []
         for xs, ms in zip(x.split(batch_size), mask.split(batch_size)):
-            masked = mask_input(xs, ms)
-            out.append(composite(masked, g(masked, ms).float(), ms))
+            masked, ms = mask_input(xs, ms).to(device), ms.to(device)
+            out.append(composite(masked, g(masked, ms).float(), ms).to(x.device))
     finally:
         g.train(was_training)
     return torch.cat(out)
@@ -190,14 +191,14 @@ class Inpaint(Objective):
 
     def evaluation(self, n: int, generator: torch.Generator, real: Tensor) -> tuple[Tensor, dict[str, float]]:
         """The reference reals' holes filled (masks from `generator`), and PSNR / SSIM on the holes."""
-        return fill_and_score(self.filler(), real, self.mask_kind, self.mask_ratio, generator, self.device)
+        return fill_and_score(self.filler(), real, self.mask_kind, self.mask_ratio, generator)
 
     @classmethod
     def evaluation_of_checkpoint(cls, cfg, state: dict, n: int, generator: torch.Generator, real: Tensor, ema: bool,
                                  device) -> tuple[Tensor, dict[str, float]]:
         g = load_filler(state, ema, device)
         m = cfg.model
-        return fill_and_score(g, real, str(m.mask), float(m.mask_ratio), generator, device)
+        return fill_and_score(g, real, str(m.mask), float(m.mask_ratio), generator)
 
     def generate(self, n: int, generator: torch.Generator) -> Tensor:
         raise GanlabError("model=inpaint fills images; it has no latent sampler (use ganlab inpaint).")
@@ -222,9 +223,8 @@ def load_filler(state: dict, ema: bool = True, device="cpu"):
     return g.to(device).eval()
 
 
-def fill_and_score(g, real: Tensor, kind: str, ratio: float, generator: torch.Generator, device):
+def fill_and_score(g, real: Tensor, kind: str, ratio: float, generator: torch.Generator):
     """(the filled reals on the CPU, {psnr_hole, ssim_hole}) with masks of `kind` drawn from `generator`."""
     mask = masklib.draw(kind, len(real), tuple(real.shape[-2:]), ratio, generator, "cpu")
-    filled = torch.cat([fill(g, x.to(device), m.to(device)).float().cpu()
-                        for x, m in zip(real.split(512), mask.split(512))])
+    filled = fill(g, real.float(), mask)
     return filled, hole_scores(filled, real.float(), mask)

@@ -28,6 +28,7 @@ from ganlab.errors import GanlabError
 from ganlab.losses import d_score_logs, get_loss, get_penalty
 from ganlab.models import generate, sample_z
 from ganlab.models import progressive as pro
+from ganlab.models.base import pad_border
 from ganlab.objectives.base import Objective, Phase, Runtime, generator_weights, check_karras_family
 from ganlab.optim import make_optimizers
 from ganlab.tricks import make_emas
@@ -144,9 +145,7 @@ class Progressive(Objective):
 
     def reals(self, x: Tensor, res: int, alpha) -> Tensor:
         """Real images at the current resolution, blended across the fade as G's output is."""
-        a, b = self.pad
-        if a or b:
-            x = F.pad(x, (a, b, a, b), mode="replicate")
+        x = pad_border(x, self.pad)
         if res < x.shape[-1]:
             x = F.avg_pool2d(x, x.shape[-1] // res)
         if isinstance(alpha, Tensor):

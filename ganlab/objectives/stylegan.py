@@ -25,13 +25,13 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ganlab.errors import GanlabError
 from ganlab.losses import d_score_logs, get_loss, get_penalty
 from ganlab.models import generate, sample_z
 from ganlab.models import progressive as pro
+from ganlab.models.base import pad_border
 from ganlab.models import stylegan as sg
 from ganlab.objectives.base import Objective, Phase, Runtime, check_karras_family
 from ganlab.objectives.progressive import karras_generator
@@ -110,8 +110,7 @@ class StyleGAN(Objective):
         return {"mix_z": torch.randn_like(z), "mix_cutoff": cutoff}
 
     def reals(self, x: Tensor) -> Tensor:
-        a, b = self.pad
-        return F.pad(x, (a, b, a, b), mode="replicate") if a or b else x
+        return pad_border(x, self.pad)
 
     def _r1(self, real: Tensor, rt: Runtime) -> Tensor:
         fn, _, kw = self.penalty
