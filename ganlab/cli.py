@@ -22,6 +22,7 @@ commands:
   eval     metrics of a run or an .npz vs real data: ganlab eval target=RUN_DIR [n=2000] [features=pixels]
   translate  a folder through a CycleGAN: ganlab translate run=RUN_DIR in=DIR out=DIR [direction=a2b|b2a]
   inpaint  fill holes with an inpaint run: ganlab inpaint run=RUN_DIR in=IMAGE_OR_DIR mask=MASK_OR_DIR out=DIR
+  augment  a labelled synthetic set from a conditional run: ganlab augment run=RUN_DIR n_per_class=1000 out=syn.npz
   report   one row per run of a sweep or of outputs/: ganlab report DIR [--sort METRIC] [--format F]
 
 config groups (conf/): dataset, model, loss, optimizer, penalty, experiment, hparams_search
@@ -369,6 +370,12 @@ def inpaint_cli(args: list[str]) -> int:
     return _hydra_command("inpaint", inpaint_run, args, ("run", "in", "mask", "out"))
 
 
+def augment_cli(args: list[str]) -> int:
+    from ganlab.augment import augment_run
+
+    return _hydra_command("augment", augment_run, args, ("run", "out"))
+
+
 def report_cli(args: list[str]) -> int:
     from ganlab.report import main as report_main
 
@@ -376,7 +383,7 @@ def report_cli(args: list[str]) -> int:
 
 
 COMMANDS = {"train": train_cli, "sample": sample_cli, "eval": eval_cli, "translate": translate_cli,
-            "inpaint": inpaint_cli, "report": report_cli}
+            "inpaint": inpaint_cli, "augment": augment_cli, "report": report_cli}
 
 
 def main(argv: list[str] | None = None) -> None:

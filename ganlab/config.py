@@ -108,7 +108,7 @@ def validate(cfg: DictConfig) -> None:
         raise GanlabError(f"eval.n={ev.n} is too small to score: use at least 10 (thousands for real numbers).")
     if ev.mode not in ("min", "max"):
         raise GanlabError(f"eval.mode={ev.mode!r} is not valid: use min or max.")
-    from ganlab.metrics import FEATURES, METRICS
+    from ganlab.metrics import FEATURES, METRICS, check_not_labelled
 
     if isinstance(ev.metrics, str):
         if ev.metrics != "auto":
@@ -119,6 +119,7 @@ def validate(cfg: DictConfig) -> None:
         if unknown:
             raise GanlabError(f"eval.metrics: {', '.join(map(str, unknown))} unknown; choose from "
                               f"{', '.join(METRICS)} (or auto).")
+        check_not_labelled(list(ev.metrics))
     if ev.features not in FEATURES:
         raise GanlabError(f"eval.features={ev.features!r} is not valid: use {', '.join(FEATURES)}.")
 

@@ -115,8 +115,11 @@ def get_loss(cfg) -> tuple[Loss, dict, dict]:
 # ----------------------------------------------------------------------------------- penalties
 
 def gradient_penalty(critic: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor,
-                     center: float = 1.0, alpha: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
-    """E[(||grad D(x_hat)||_2 - center)^2] (Gulrajani et al. 2017, Algorithm 1), unweighted.
+                     center: float = 1.0, alpha: Tensor | None = None, scale: Tensor | None = None,
+                     one_sided: bool = False) -> Tensor:
+    """E[(||grad D(x_hat)||_2 - center)^2] (Gulrajani et al. 2017, Algorithm 1), unweighted;
+    `one_sided`: E[max(0, ||grad D(x_hat)||_2 - center)^2], the Lipschitz penalty of WGAN-LP (Petzka et
+    al. 2018), which asks only what the Lipschitz constraint asks (no barrier at a flat critic).
 
     x_hat = alpha * real + (1 - alpha) * fake with ONE alpha ~ U(0, 1) PER SAMPLE, and the norm of
     each sample's gradient over all of its dimensions. Differentiable w.r.t. the critic's weights.
@@ -131,7 +134,8 @@ def gradient_penalty(critic: Callable[[Tensor], Tensor], real: Tensor, fake: Ten
     alpha = alpha.view(n, *([1] * (real.dim() - 1)))
     x_hat = alpha * real + (1 - alpha) * fake
     norms = _input_grad(critic, x_hat, scale).flatten(1).norm(2, dim=1)
-    return (norms - center).pow(2).mean()
+    excess = norms - center
+    return (excess.clamp_min(0) if one_sided else excess).pow(2).mean()
 
 
 def _input_grad(critic: Callable[[Tensor], Tensor], x: Tensor, scale: Tensor | None) -> Tensor:

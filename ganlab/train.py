@@ -399,7 +399,8 @@ class _Run:
         with self._aside():
             fake, own = self.objective.evaluation(int(ev.n), torch.Generator().manual_seed(self.cfg.seed + 4),
                                                   self.real_ref)
-        scores = {f"Metrics/{k}": float(v) for k, v in {**self.scorer(fake.float()), **own}.items()
+        sample_scores = self.scorer(fake.float()) if fake is not None else {}
+        scores = {f"Metrics/{k}": float(v) for k, v in {**sample_scores, **own}.items()
                   if k not in ("n_samples", "n_modes", "n_classes")}
         self.monitor.scalars(step, scores)
         if ev.monitor:

@@ -18,9 +18,11 @@ def scatter_image(points: torch.Tensor, modes: torch.Tensor, size: int = 320) ->
     """3 x size x size uint8: samples (blue dots) over the true modes (red crosses), on white.
 
     The view spans the modes plus a margin; samples outside it are drawn on the border in grey, so
-    divergent samples stay visible.
+    divergent samples stay visible. 1D points are drawn on the horizontal axis.
     """
     points, modes = points.detach().float().cpu(), modes.float().cpu()
+    if points.shape[1] == 1:
+        points, modes = (torch.cat([p, torch.zeros_like(p)], 1) for p in (points, modes))
     extent = float(modes.abs().max()) * 1.35 + 0.5
     img = torch.full((3, size, size), 255, dtype=torch.uint8)
 

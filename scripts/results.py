@@ -49,6 +49,29 @@ def write_section(begin: str, end: str, section: str) -> Path:
     return doc
 
 
+def run_ganlab(args: list[str], log: Path) -> float:
+    """`python -m ganlab ARGS` (one thread, no stdin), its output in `log`; its wall time in seconds, or
+    the script stops naming the command and the log."""
+    cmd = [sys.executable, "-m", "ganlab", *args]
+    t0 = time.monotonic()
+    with open(log, "w") as fh:
+        rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, stdin=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode
+    if rc != 0:
+        raise SystemExit(f"failed ({rc}): {' '.join(cmd)} (see {log})")
+    return time.monotonic() - t0
+
+
+def minutes_in_all(out: Path, t0: float) -> float:
+    """The wall time of the invocation that made everything (a rerun reuses the runs and keeps that number)."""
+    record = out / "wall_minutes.json"
+    minutes = (time.monotonic() - t0) / 60
+    if record.is_file() and minutes < 2:
+        return json.loads(record.read_text())
+    record.write_text(json.dumps(minutes))
+    return minutes
+
+
 @dataclass
 class Run:
     section: str

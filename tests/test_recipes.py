@@ -41,6 +41,9 @@ PAPER = {
                 {"model.recipe": "context_encoder", "model.mask": "center", "model.mask_ratio": 0.25,
                  "model.bottleneck": "conv", "model.bottleneck_dim": 4000, "model.width": 64, "train.batch_size": 64,
                  "model.lambda_rec": None, "model.lambda_adv": None, "model.objective": "inpaint"}),
+    # the theory experiment: D trains with the GAN value function against a fixed G (no G update, no paper lr)
+    "optimal_d": ("minimax", "Adam", 1e-3, [0.5, 0.999], 1, "none",
+                  {"model.objective": "optimal_d", "model.critic": True, "model.critic_penalty": 10.0}),
 }
 
 

@@ -15,12 +15,15 @@ from conftest import DATASETS, MODELS, compose, dataset_overrides, read_events
 IMAGE_SETS = {"mnist", "fashion_mnist", "cifar10", "image_folder", "stacked_mnist"}
 CONV_ONLY = {"dcgan", "pggan", "stylegan", "lapgan", "inpaint"}
 CONDITIONAL = {"cgan"}
+POINT_SETS = {"ring8", "grid25", "mix1d"}
 
 
 def unsupported(model: str, dataset: str) -> str | None:
     """The error a model x dataset pair must end in, or None when it must train."""
     if (model == "cyclegan") != (dataset == "unpaired"):  # translation between two domains, and only that
         return "translates between two image domains" if model == "cyclegan" else "two unpaired image domains"
+    if model == "optimal_d" and dataset not in POINT_SETS:
+        return "generator of known density"
     if model in CONV_ONLY and dataset not in IMAGE_SETS:
         return "needs images"
     if model in CONDITIONAL and dataset == "image_folder":
@@ -46,14 +49,18 @@ def test_every_model_on_every_dataset(model, dataset, data_root, tmp_path):
         return
     result = train(cfg, tmp_path)
     d, g = ("D_0", "G_0") if model == "lapgan" else ("D", "G")  # LapGAN: a D and a G per pyramid level
+    if model == "optimal_d":  # G is fixed: D and a critic train, the plot of D against D* is shown
+        d, g = "D", "critic"
     assert result["step"] == 3 and math.isfinite(result[f"Loss/{d}"]) and math.isfinite(result[f"Loss/{g}"])
     state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     assert state["step"] == 3
     tags = read_events(tmp_path / "tb").Tags()
-    assert {f"Loss/{d}", f"Loss/{g}", f"Grad/{d.replace('_', '')}_norm", f"Grad/{g.replace('_', '')}_norm",
+    assert {f"Loss/{d}", f"Loss/{g}", f"Grad/{d.replace('_', '').upper()}_norm", f"Grad/{g.replace('_', '').upper()}_norm",
             "Perf/images_per_s"} <= set(tags["scalars"])
-    shown = {"ring8": "Samples/scatter", "grid25": "Samples/scatter", "unpaired": "Samples/a2b"}
-    assert shown.get(dataset, "Samples/inpaint" if model == "inpaint" else "Samples/fixed_z") in tags["images"]
+    shown = {**{name: "Samples/scatter" for name in POINT_SETS}, "unpaired": "Samples/a2b"}
+    if model in ("inpaint", "optimal_d"):
+        shown = {dataset: {"inpaint": "Samples/inpaint", "optimal_d": "Theory/D_vs_Dstar"}[model]}
+    assert shown.get(dataset, "Samples/fixed_z") in tags["images"]
 
 
 @pytest.mark.parametrize("resolution", [28, 32, 64])

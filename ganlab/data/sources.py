@@ -66,6 +66,30 @@ def _resize_uint8(x: torch.Tensor, resolution: int) -> torch.Tensor:
     return torch.cat(out)
 
 
+def _check_subset(n, num_classes: int) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < num_classes:
+        raise GanlabError(f"dataset.subset={n!r} is not valid: give a number of images >= {num_classes} (one per class), "
+                          "e.g. dataset.subset=1000, or null for the whole split.")
+
+
+def _balanced_subset(x: torch.Tensor, y: torch.Tensor, n, seed, name: str, num_classes: int):
+    """dataset.subset: n images, n // K of each class (the first n % K classes one more), drawn with
+    dataset.subset_seed: the scarce-data setting of augmentation studies."""
+    _check_subset(n, num_classes)
+    g = torch.Generator().manual_seed(int(seed))
+    picked = []
+    for k in range(num_classes):
+        want = n // num_classes + (1 if k < n % num_classes else 0)
+        idx = (y == k).nonzero().squeeze(1)
+        if len(idx) < want:
+            raise GanlabError(f"dataset.subset={n}: {name}'s class {k} has {len(idx)} images, fewer than the {want} "
+                              "asked; use a smaller subset.")
+        picked.append(idx[torch.randperm(len(idx), generator=g)[:want]])
+    keep = torch.cat(picked)
+    keep = keep[torch.randperm(len(keep), generator=g)]
+    return x[keep], y[keep]
+
+
 def _download(name: str, root: Path, train: bool) -> str | None:
     """Let torchvision download `name` into root; return None on success or the reason it failed."""
     import torchvision.datasets as tvd
@@ -81,11 +105,26 @@ class _ImageSource:
     kind = "image"
     in_memory = True
 
-    def __init__(self, name: str, resolution: int, channels: int, num_classes: int | None):
+    def __init__(self, name: str, resolution: int, channels: int, num_classes: int | None, subset=None,
+                 subset_seed=0):
         self.name = name
         self.resolution = int(resolution)
         self.channels = int(channels)
         self.num_classes = num_classes
+        self.subset, self.subset_seed = subset, subset_seed
+        if subset is not None:  # checked before any data is read
+            _check_subset(subset, int(num_classes or 1))
+
+    def load(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The split's images and labels (dataset.subset: a class-balanced subset of them)."""
+        x, y = self.load_all()
+        if self.subset is None:
+            return x, y
+        return _balanced_subset(x, y, self.subset, self.subset_seed, self.name, int(self.num_classes))
+
+    def load_all(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole split (what the evaluation classifier and the metrics' reference sets use)."""
+        return self.load()
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -101,8 +140,8 @@ class IdxSource(_ImageSource):
     then `system_dirs` (e.g. Debian's /usr/share/datasets/fashion-mnist), then a download."""
 
     def __init__(self, name, folder, root, split="train", system_dirs=(), download=True,
-                 resolution=28, channels=1, num_classes=10):
-        super().__init__(name, resolution, channels, num_classes)
+                 resolution=28, channels=1, num_classes=10, subset=None, subset_seed=0):
+        super().__init__(name, resolution, channels, num_classes, subset, subset_seed)
         _check_split(split)
         self.folder, self.root, self.split = folder, Path(str(root)).expanduser(), split
         self.system_dirs = [Path(str(p)) for p in system_dirs]
@@ -129,7 +168,7 @@ class IdxSource(_ImageSource):
     def data_dir_is_system(self) -> bool:
         return self.data_dir() in self.system_dirs
 
-    def load(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def load_all(self) -> tuple[torch.Tensor, torch.Tensor]:
         found = self._find()
         failure = None
         if found is None and self.download:
@@ -160,8 +199,9 @@ class CifarSource(_ImageSource):
 
     FOLDER = "cifar-10-batches-py"
 
-    def __init__(self, name, root, split="train", download=True, resolution=32, channels=3, num_classes=10):
-        super().__init__(name, resolution, channels, num_classes)
+    def __init__(self, name, root, split="train", download=True, resolution=32, channels=3, num_classes=10,
+                 subset=None, subset_seed=0):
+        super().__init__(name, resolution, channels, num_classes, subset, subset_seed)
         _check_split(split)
         self.root, self.split, self.download = Path(str(root)).expanduser(), split, bool(download)
 
@@ -172,7 +212,7 @@ class CifarSource(_ImageSource):
     def data_dir(self) -> Path:
         return self.root / self.FOLDER
 
-    def load(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def load_all(self) -> tuple[torch.Tensor, torch.Tensor]:
         files = self._files()
         failure = None
         if not all(f.is_file() for f in files) and self.download:
@@ -328,13 +368,24 @@ class UnpairedSource(_ImageSource):
         return data["a"][:n], data["b"][:n]
 
 
+def mixture_log_prob(x: torch.Tensor, modes: torch.Tensor, std: float) -> torch.Tensor:
+    """log density of an equal-weight mixture of isotropic Gaussians N(mode, std^2 I) at x (N x d),
+    computed in float64 (log-sum-exp: exact far in the tails, where D* = p_r / (p_r + p_g) lives)."""
+    x, modes = x.double(), modes.to(x.device).double()
+    d = x.shape[1]
+    sq = ((x[:, None, :] - modes[None]) ** 2).sum(-1)  # N x K
+    log_norm = -0.5 * d * math.log(2 * math.pi * std * std) - math.log(len(modes))
+    return torch.logsumexp(-0.5 * sq / (std * std), dim=1) + log_norm
+
+
 class MixtureSource:
-    """A mixture of isotropic 2D Gaussians: `ring` (n modes on a circle) or `grid` (n = k*k modes
-    on a k x k grid spanning [-radius, radius]^2). Each point's label is the index of its mode."""
+    """A mixture of isotropic Gaussians: `ring` (n 2D modes on a circle), `grid` (n = k*k 2D modes on
+    a k x k grid spanning [-radius, radius]^2) or `line` (n 1D modes evenly spaced on [-radius,
+    radius]; one mode sits at 0). Each point's label is the index of its mode; `log_prob` is the
+    exact density (the theory experiments, model=optimal_d, compare D with it)."""
 
     kind = "points"
     in_memory = False
-    shape = (2,)
 
     def __init__(self, name, layout, n_modes, radius, std):
         self.name, self.std = name, float(std)
@@ -347,16 +398,26 @@ class MixtureSource:
                 raise GanlabError(f"dataset.n_modes={n_modes} is not valid for a grid: use a square such as 25.")
             axis = torch.linspace(-radius, radius, k, dtype=torch.float64)
             modes = torch.cartesian_prod(axis, axis)
+        elif layout == "line":
+            if not isinstance(n_modes, int) or isinstance(n_modes, bool) or n_modes < 1:
+                raise GanlabError(f"dataset.n_modes={n_modes!r} is not valid for a line: use an integer >= 1.")
+            modes = (torch.linspace(-radius, radius, n_modes, dtype=torch.float64) if n_modes > 1
+                     else torch.zeros(1, dtype=torch.float64))[:, None]
         else:
-            raise GanlabError(f"dataset.layout={layout!r} is not valid: use ring or grid.")
+            raise GanlabError(f"dataset.layout={layout!r} is not valid: use ring, grid or line.")
         if self.std <= 0:
             raise GanlabError(f"dataset.std={std} is not valid: it must be > 0.")
         self.modes = modes.float()
+        self.shape = (self.modes.shape[1],)
         self.num_classes = len(self.modes)  # the mode a point came from is its label
 
     def sample(self, n: int, generator: torch.Generator, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """n points and the index of the mode each came from, drawn on `device`."""
         modes = self.modes.to(device)
         idx = torch.randint(len(modes), (n,), generator=generator, device=device)
-        noise = torch.randn(n, 2, generator=generator, device=device)
+        noise = torch.randn(n, modes.shape[1], generator=generator, device=device)
         return modes[idx] + self.std * noise, idx
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """The exact log density at x (N x d), float64."""
+        return mixture_log_prob(x, self.modes, self.std)

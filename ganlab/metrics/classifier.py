@@ -102,13 +102,16 @@ def _writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK)
 
 
-def _train(x: torch.Tensor, y: torch.Tensor, n_classes: int, device: torch.device) -> tuple[SmallCNN, float]:
-    """Train on (1 - HELD_OUT) of the split, return the net (eval mode, CPU) and held-out accuracy."""
-    g = torch.Generator().manual_seed(SEED)
+def _train(x: torch.Tensor, y: torch.Tensor, n_classes: int, device: torch.device, held_out: float = HELD_OUT,
+           seed: int = SEED) -> tuple[SmallCNN, float]:
+    """Train on (1 - held_out) of (x uint8, y), return the net (eval mode, CPU) and held-out accuracy
+    (nan when nothing is held out). The recipe is fixed (EPOCHS, MIN_STEPS, BATCH, LR): the evaluation
+    classifier's, and the Classification Accuracy Score's (ganlab.metrics.cas)."""
+    g = torch.Generator().manual_seed(seed)
     torch_state = torch.get_rng_state()
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     perm = torch.randperm(len(x), generator=g)
-    n_test = max(1, int(len(x) * HELD_OUT)) if len(x) >= 20 else 0
+    n_test = max(1, int(len(x) * held_out)) if held_out > 0 and len(x) >= 20 else 0
     test_idx, train_idx = perm[:n_test], perm[n_test:]
     net = SmallCNN(x.shape[1], n_classes).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=LR)
@@ -143,7 +146,7 @@ def classifier_for(source, device: torch.device) -> tuple[SmallCNN, dict]:
             f"features=classifier needs a labelled in-memory image dataset (mnist, fashion_mnist, cifar10, "
             f"stacked_mnist), not {source.name}; use eval.features=pixels or inception."
         )
-    x, y = source.load()
+    x, y = source.load_all() if hasattr(source, "load_all") else source.load()  # the whole split, dataset.subset or not
     fp = _fingerprint(x, y)
     name = f"ganlab-classifier-{source.name}-{source.resolution}px-v{CLASSIFIER_VERSION}-{fp}.pt"
     dirs, writable = _cache_dirs(Path(source.data_dir()), system=source.data_dir_is_system())

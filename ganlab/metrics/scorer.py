@@ -16,7 +16,7 @@ import torch
 
 from ganlab.data.sources import build_source
 from ganlab.errors import GanlabError
-from ganlab.metrics import FEATURES, METRICS, inception_score, mixture_metrics
+from ganlab.metrics import FEATURES, METRICS, check_not_labelled, inception_score, mixture_metrics
 
 TORCHVISION_INCEPTION = "inception_v3_google-0cc3c7bd.pth"
 
@@ -111,11 +111,12 @@ class Scorer:
             raise GanlabError(f"features={features} is not valid: use {', '.join(FEATURES)}.")
         has_probs = features in ("inception", "classifier")
         if metrics in ("auto", None):
-            metrics = [m for m, spec in METRICS.items() if has_probs or spec.needs == "features"]
+            metrics = [m for m, spec in METRICS.items() if spec.needs == "features" or (has_probs and spec.needs == "probs")]
         metrics = list(metrics)
         unknown = [m for m in metrics if m not in METRICS]
         if unknown:
             raise GanlabError(f"metrics: {', '.join(unknown)} unknown; choose from {', '.join(METRICS)} (or auto).")
+        check_not_labelled(metrics)
         needs_probs = [m for m in metrics if METRICS[m].needs == "probs"]
         if needs_probs and not has_probs:
             raise GanlabError(f"metrics {', '.join(needs_probs)} need class probabilities, which {features} features "
@@ -151,7 +152,7 @@ def real_samples(dataset_cfg, n: int, seed: int):
         return source, x, None
     hist = None
     if source.in_memory:
-        x, y = source.load()
+        x, y = source.load_all() if hasattr(source, "load_all") else source.load()  # the reference: the whole split
         if source.num_classes:
             hist = torch.bincount(y.long(), minlength=int(source.num_classes))
     else:

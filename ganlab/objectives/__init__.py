@@ -20,6 +20,7 @@ OBJECTIVES = {
     "lapgan": "ganlab.objectives.lapgan.LapGAN",
     "cyclegan": "ganlab.objectives.cyclegan.CycleGAN",
     "inpaint": "ganlab.objectives.inpaint.Inpaint",
+    "optimal_d": "ganlab.objectives.optimal_d.OptimalD",
 }
 DEFAULT = "adversarial"  # checkpoints written before objectives existed hold no model.objective
 

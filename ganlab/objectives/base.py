@@ -126,7 +126,8 @@ class Objective:
     def evaluation(self, n: int, generator: torch.Generator, real: Tensor) -> tuple[Tensor, dict[str, float]]:
         """What the evaluation scores: n samples for the run's scorer (compared with `real`, the reference
         set, on the CPU in [-1, 1]) and the family's own metrics (e.g. inpainting's PSNR on the holes it
-        fills in `real`). Default: `generate(n, generator)` and none."""
+        fills in `real`); samples None: nothing to score (optimal_d's G is fixed: only its own metrics).
+        Default: `generate(n, generator)` and none."""
         return self.generate(n, generator), {}
 
     @classmethod
