@@ -22,6 +22,8 @@ commands:
   eval     metrics of a run or an .npz vs real data: ganlab eval target=RUN_DIR [n=2000] [features=pixels]
   translate  a folder through a CycleGAN: ganlab translate run=RUN_DIR in=DIR out=DIR [direction=a2b|b2a]
   inpaint  fill holes with an inpaint run: ganlab inpaint run=RUN_DIR in=IMAGE_OR_DIR mask=MASK_OR_DIR out=DIR
+  data check  what a dataset holds: ganlab data check dataset=fashion_mnist (counts, sizes, duplicates, balance, bad files)
+  interpolate  latent interpolation strips: ganlab interpolate run=RUN_DIR n=8 steps=10 out=strip.png [mode=lerp]
   augment  a labelled synthetic set from a conditional run: ganlab augment run=RUN_DIR n_per_class=1000 out=syn.npz
   report   one row per run of a sweep or of outputs/: ganlab report DIR [--sort METRIC] [--format F]
 
@@ -370,6 +372,20 @@ def inpaint_cli(args: list[str]) -> int:
     return _hydra_command("inpaint", inpaint_run, args, ("run", "in", "mask", "out"))
 
 
+def data_cli(args: list[str]) -> int:
+    if not args or args[0] != "check":
+        raise GanlabError("usage: ganlab data check dataset=NAME [dataset.root=DIR] [cache=false]")
+    from ganlab.datacheck import check_data
+
+    return _hydra_command("data_check", check_data, args[1:], ("dataset.root", "dataset.root_a", "dataset.root_b"))
+
+
+def interpolate_cli(args: list[str]) -> int:
+    from ganlab.interpolate import interpolate_run
+
+    return _hydra_command("interpolate", interpolate_run, args, ("run", "out"))
+
+
 def augment_cli(args: list[str]) -> int:
     from ganlab.augment import augment_run
 
@@ -383,7 +399,7 @@ def report_cli(args: list[str]) -> int:
 
 
 COMMANDS = {"train": train_cli, "sample": sample_cli, "eval": eval_cli, "translate": translate_cli,
-            "inpaint": inpaint_cli, "augment": augment_cli, "report": report_cli}
+            "inpaint": inpaint_cli, "interpolate": interpolate_cli, "data": data_cli, "augment": augment_cli, "report": report_cli}
 
 
 def main(argv: list[str] | None = None) -> None:
