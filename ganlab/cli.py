@@ -25,14 +25,15 @@ commands:
   data check  what a dataset holds: ganlab data check dataset=fashion_mnist (counts, sizes, duplicates, balance, bad files)
   interpolate  latent interpolation strips: ganlab interpolate run=RUN_DIR n=8 steps=10 out=strip.png [mode=lerp]
   augment  a labelled synthetic set from a conditional run: ganlab augment run=RUN_DIR n_per_class=1000 out=syn.npz
-  report   one row per run of a sweep or of outputs/: ganlab report DIR [--sort METRIC] [--format F]
+  report   one row per run of a sweep or of outputs/: ganlab report DIR [--sort METRIC] [--format F] [--plot M.png]
+  board    TensorBoard on outputs/, a sweep or a run, on a free local port: ganlab board [DIR] [--port P]
 
-config groups (conf/): dataset, model, loss, optimizer, penalty, experiment, hparams_search
+config groups (conf/): dataset, model, loss, optimizer, penalty, experiment, hparams_search, debug
   ganlab train --help      lists every option of every group
   ganlab train model=wgan_gp --cfg job    shows the composed recipe without running it
 """
 
-_GROUPS = ("model", "dataset", "loss", "optimizer", "penalty", "experiment")
+_GROUPS = ("model", "dataset", "loss", "optimizer", "penalty", "experiment", "debug")
 _sweep_failures: list[str] = []
 
 
@@ -49,12 +50,30 @@ def _hydra_subdir(output_dir: str) -> str:
     return ".hydra"
 
 
+_RUN_TIME = None  # under torchrun: rank 0's start time, so every process names the same run dir
+
+
+def _now(pattern: str) -> str:
+    """`${ganlab_now:%H-%M-%S}`: Hydra's `now`, or rank 0's time under torchrun."""
+    import datetime
+
+    return (_RUN_TIME or datetime.datetime.now()).strftime(pattern)
+
+
 def _register_resolvers() -> None:
     # at import: a job unpickled in another process (submitit) imports this module before Hydra
     # resolves the job's config there
     from omegaconf import OmegaConf
 
     OmegaConf.register_new_resolver("ganlab_hydra_subdir", _hydra_subdir, replace=True)
+    OmegaConf.register_new_resolver("ganlab_now", _now, use_cache=True, replace=True)
+    OmegaConf.register_new_resolver("ganlab_gpu_count", _gpu_count, replace=True)
+
+
+def _gpu_count() -> int:
+    from ganlab.device import gpu_count
+
+    return gpu_count()
 
 
 _register_resolvers()
@@ -129,13 +148,29 @@ def _train_task(cfg):
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from ganlab import distributed
     from ganlab.errors import DivergedError
-    from ganlab.runinfo import write_status
+    from ganlab.runinfo import write_status as _write_status
     from ganlab.train import train
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     hparams = _hparams(hc)
+    gpu = None
+    if hc.runtime.choices.get("hydra/launcher") == "local_gpus":  # one job per GPU, before CUDA starts here
+        from ganlab.device import lease_gpu
+
+        gpu = lease_gpu()
+    if distributed.slurm_env():  # a Slurm job of several tasks (submitit): one DDP run over them
+        distributed.setup(str(cfg.device))
+    main_rank = distributed.is_main()  # rank 0 alone writes status.json
+    if not main_rank:
+        _quiet_logging()
+
+    def write_status(*args, **kwargs) -> None:
+        if main_rank:
+            _write_status(*args, **kwargs)
+
     optimizing = hc.mode == RunMode.MULTIRUN and _optimizing(hc)
     _split_threads(cfg, hc)
     import torch
@@ -148,7 +183,8 @@ def _train_task(cfg):
     def on_start() -> None:  # every check passed: this run now owns the record
         write_status(run_dir, status="running", overrides=list(hc.overrides.task), steps=cfg.train.steps,
                      step=0, hparams=hparams, error="", metrics={}, pid=os.getpid(),
-                     threads=torch.get_num_threads(), started=time.time())
+                     threads=torch.get_num_threads(), started=time.time(), world=distributed.world(),
+                     **({"gpu": gpu} if gpu is not None else {}))
         started.append(True)
 
     t0 = time.monotonic()
@@ -187,6 +223,19 @@ def _train_task(cfg):
     write_status(run_dir, status=status, step=result["step"], wall_s=time.monotonic() - t0, metrics=metrics,
                  ended=time.time())
     return _recorded_result(cfg, {"metrics": metrics}, result, optimizing)
+
+
+def _quiet_logging() -> None:
+    """The other ranks of a DDP run (a submitit job's tasks, whose Hydra set up logging as rank 0's did): no
+    lines in the run's train.log, and only warnings on the console."""
+    import logging
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(logging.WARNING)
 
 
 def _recorded_result(cfg, record: dict, result: dict, optimizing: bool = False):
@@ -307,9 +356,31 @@ def _check_output_dir(args: list[str]) -> None:
         raise GanlabError(f"cannot write the run dir {target}: {problem}; choose another {key.rstrip('=')}=DIR.")
 
 
+def _join_torchrun(args: list[str]) -> list[str]:
+    """Under torchrun (WORLD_SIZE > 1): join the process group before Hydra, take rank 0's time for the run
+    dir, and keep the other ranks from writing into it (no .hydra/, no train.log)."""
+    global _RUN_TIME
+    import datetime
+
+    from ganlab import distributed
+
+    if "-m" in args or "--multirun" in args:
+        raise GanlabError("torchrun starts the processes of ONE run; launch a sweep without torchrun (its jobs can be DDP "
+                          "runs themselves: hydra/launcher=submitit_slurm hydra.launcher.tasks_per_node=N "
+                          "hydra.launcher.gpus_per_node=N).")
+    device = next((a.split("=", 1)[1] for a in args if a.startswith("device=")), "auto")
+    distributed.setup(device)
+    _RUN_TIME = distributed.broadcast_object(datetime.datetime.now())
+    if not distributed.is_main():
+        args = [a for a in args if not a.startswith(("hydra.output_subdir=", "hydra/job_logging="))]
+        args += ["hydra.output_subdir=null", "hydra/job_logging=ganlab_rank"]
+    return args
+
+
 def train_cli(args: list[str]) -> int:
     import hydra
 
+    from ganlab import distributed
     from ganlab.config import config_dir
 
     args = _quote_paths(args, ("resume", "hydra.run.dir", "hydra.sweep.dir", "dataset.root"))
@@ -317,9 +388,14 @@ def train_cli(args: list[str]) -> int:
                for a in args):
         args = _prepare_run_dir(args)
         _check_output_dir(args)
+        if distributed.env_world() > 1:
+            args = _join_torchrun(args)
     main = hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")(_train_task)
     sys.argv = ["ganlab", *args]
-    main()
+    try:
+        main()
+    finally:
+        distributed.teardown()
     if _sweep_failures:
         _report_error(f"{len(_sweep_failures)} job(s) of the sweep failed: " + "; ".join(_sweep_failures)
                       + " (ganlab report SWEEP_DIR lists every run)")
@@ -392,6 +468,12 @@ def augment_cli(args: list[str]) -> int:
     return _hydra_command("augment", augment_run, args, ("run", "out"))
 
 
+def board_cli(args: list[str]) -> int:
+    from ganlab.board import main as board_main
+
+    return board_main(args)
+
+
 def report_cli(args: list[str]) -> int:
     from ganlab.report import main as report_main
 
@@ -399,7 +481,7 @@ def report_cli(args: list[str]) -> int:
 
 
 COMMANDS = {"train": train_cli, "sample": sample_cli, "eval": eval_cli, "translate": translate_cli,
-            "inpaint": inpaint_cli, "interpolate": interpolate_cli, "data": data_cli, "augment": augment_cli, "report": report_cli}
+            "inpaint": inpaint_cli, "interpolate": interpolate_cli, "data": data_cli, "augment": augment_cli, "report": report_cli, "board": board_cli}
 
 
 def main(argv: list[str] | None = None) -> None:

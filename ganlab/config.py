@@ -53,14 +53,23 @@ def validate(cfg: DictConfig) -> None:
     _positive(t.keep_ckpts, "train.keep_ckpts", allow_zero=True)
     if t.amp not in ("none", "bf16", "fp16"):
         raise GanlabError(f"train.amp={t.amp!r} is not valid: use none, bf16 or fp16.")
+    if not isinstance(t.get("sync_bn", False), bool):
+        raise GanlabError(f"train.sync_bn={t.sync_bn!r} is not valid: use true or false.")
     if not isinstance(t.compile, bool):
         raise GanlabError(f"train.compile={t.compile!r} is not valid: use true or false.")
     if t.channels_last not in ("auto", True, False):
         raise GanlabError(f"train.channels_last={t.channels_last!r} is not valid: use auto, true or false.")
     if t.threads is not None:
         _positive(t.threads, "train.threads")
-    if t.on_nan not in ("stop", "skip"):
-        raise GanlabError(f"train.on_nan={t.on_nan!r} is not valid: use stop or skip.")
+    if t.on_nan not in ("stop", "skip", "rollback"):
+        raise GanlabError(f"train.on_nan={t.on_nan!r} is not valid: use stop, skip or rollback.")
+    f = t.rollback_lr_factor
+    if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1:
+        raise GanlabError(f"train.rollback_lr_factor={f!r} is not valid: use a number in (0, 1), e.g. 0.5.")
+    _positive(t.max_rollbacks, "train.max_rollbacks")
+    from ganlab.health import validate_health
+
+    validate_health(cfg.health)
     if t.progress not in ("auto", "rich", "plain", "none"):
         raise GanlabError(f"train.progress={t.progress!r} is not valid: use auto, rich, plain or none.")
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ganlab.data.sources import build_source, image_files
+from ganlab.data.sources import GeneratedImages, GeneratedUnpaired, build_source, image_files
 from ganlab.device import resolve_device
 from ganlab.errors import GanlabError
 
@@ -83,12 +83,16 @@ def check_data(cfg) -> dict:
     if source.kind == "points":
         report.update(modes=len(source.modes), dimensions=int(source.modes.shape[1]), std=source.std,
                       note="generated on the fly: nothing to read")
+    elif source.kind == "unpaired" and isinstance(source, GeneratedUnpaired):
+        for domain, x in source.load().items():
+            report[f"domain_{domain}"] = check_tensors(x, None, None)
     elif source.kind == "unpaired":
         for domain in ("a", "b"):
             report[f"domain_{domain}"] = check_files(source.roots[domain])
     elif source.in_memory:
         x, y = source.load()
-        report["found_in"] = str(source.data_dir())
+        report["found_in"] = ("generated in memory (ganlab.data.synthetic)" if isinstance(source, GeneratedImages)
+                              else str(source.data_dir()))
         report.update(check_tensors(x, y, source.num_classes))
     else:
         report["root"] = str(source.root)

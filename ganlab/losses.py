@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ganlab import distributed
 from ganlab.errors import GanlabError
 
 
@@ -130,7 +131,7 @@ def gradient_penalty(critic: Callable[[Tensor], Tensor], real: Tensor, fake: Ten
     n = real.shape[0]
     real, fake = real.detach().float(), fake.detach().float()
     if alpha is None:
-        alpha = torch.rand(n, device=real.device, dtype=real.dtype)
+        alpha = distributed.rows(torch.rand, n, device=real.device, dtype=real.dtype)  # one per sample
     alpha = alpha.view(n, *([1] * (real.dim() - 1)))
     x_hat = alpha * real + (1 - alpha) * fake
     norms = _input_grad(critic, x_hat, scale).flatten(1).norm(2, dim=1)

@@ -88,3 +88,20 @@ def optimal_d_figure(dens, d_logit, metrics: dict | None = None, title: str = ""
         ax.plot(modes_g[:, 0], modes_g[:, 1], "rx", ms=5)
     fig.suptitle(": ".join(t for t in (title, note) if t), fontsize=10)
     return fig
+
+
+def curves_figure(curves: dict[str, list[tuple[int, float]]], tag: str, title: str = ""):
+    """One line per run of `tag` over the steps (`ganlab report --plot`): {label: [(step, value), ...]}."""
+    fig, ax = figure(8.0, 4.8)
+    for label, points in curves.items():
+        if points:
+            steps, values = zip(*points)
+            ax.plot(steps, values, marker="o" if len(points) < 30 else None, markersize=3, linewidth=1.4, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel(tag)
+    ax.set_title(title or tag)
+    ax.grid(alpha=0.3)
+    if len(curves) <= 20:
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig

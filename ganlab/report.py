@@ -11,9 +11,10 @@ import sys
 from pathlib import Path
 
 from ganlab.errors import GanlabError
+from ganlab.health import summary
 from ganlab.runinfo import find_runs, read_status
 
-BASE_COLUMNS = ["run", "overrides", "status", "steps", "wall_s"]
+BASE_COLUMNS = ["run", "overrides", "status", "steps", "wall_s", "health"]
 
 
 def collect(root: Path) -> list[dict]:
@@ -26,6 +27,7 @@ def collect(root: Path) -> list[dict]:
             "status": st.get("status", "?"),
             "steps": f"{st.get('step', 0)}/{st.get('steps', '?')}",
             "wall_s": round(float(st.get("wall_s", 0.0)), 1),
+            "health": summary(st.get("health") or []),
             "error": st.get("error", ""),
         }
         for key, value in (st.get("metrics") or {}).items():
@@ -72,6 +74,7 @@ def render(rows: list[dict], fmt: str) -> str:
     for r in rows:
         cells = [cell(r.get(c, ""), 120 if c == "error" else None) for c in columns]
         cells[2] = f"[{colors.get(r['status'], 'white')}]{cells[2]}[/]"
+        cells[5] = f"[yellow]{cells[5]}[/]" if cells[5] else ""
         table.add_row(*cells)
     console = Console(width=None if sys.stdout.isatty() else 4000)  # no folding when written to a file or pipe
     with console.capture() as cap:
@@ -85,6 +88,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--sort", metavar="METRIC", help="sort by this column, ascending (e.g. Loss/G, wall_s)")
     ap.add_argument("--desc", action="store_true", help="sort descending")
     ap.add_argument("--format", choices=["table", "csv", "markdown", "json"], default="table")
+    ap.add_argument("--plot", metavar="PNG", type=Path, help="also draw a metric over the steps, one line per run")
+    ap.add_argument("--metric", metavar="TAG", help="the scalar to plot (default: Metrics/fd, Metrics/reverse_kl or "
+                                                    "Loss/G, the first any run logged), e.g. Health/diversity")
     args = ap.parse_args(argv)
     if not args.dir.is_dir():
         raise GanlabError(f"{args.dir} is not a directory; give a multirun dir or outputs/.")
@@ -97,4 +103,36 @@ def main(argv: list[str]) -> int:
             raise GanlabError(f"--sort {args.sort}: no run has that column; use one of {', '.join(known)}.")
         rows.sort(key=_sort_key(args.sort), reverse=args.desc)
     print(render(rows, args.format))
+    if args.plot:
+        plot(args.dir, rows, args.plot, args.metric)
     return 0
+
+
+PLOT_DEFAULTS = ("Metrics/fd", "Metrics/reverse_kl", "Loss/G")
+
+
+def plot(root: Path, rows: list[dict], out: Path, metric: str | None) -> Path:
+    """`--plot`: `metric` over the steps for every run (as TensorBoard logged it), one line each, to a PNG."""
+    from ganlab.monitor import read_scalars
+    from ganlab.plots import curves_figure, save
+
+    if out.suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise GanlabError(f"--plot {out}: give a file name ending in .png (or .pdf, .svg).")
+    def run_dir(row) -> Path:  # collect() names a run by its path under root, or root's name when root is the run
+        return root if (root / "status.json").is_file() and row["run"] == root.name else root / row["run"]
+
+    logged = {r["run"]: read_scalars(run_dir(r)) for r in rows}
+    tags = {t for s in logged.values() for t in s}
+    if metric is None:
+        metric = next((t for t in PLOT_DEFAULTS if t in tags), None)
+        if metric is None:
+            raise GanlabError(f"no run under {root} logged any of {', '.join(PLOT_DEFAULTS)}; pick one with --metric TAG.")
+    if metric not in tags:
+        close = sorted(t for t in tags if metric.split("/")[-1].lower() in t.lower()) or sorted(tags)[:12]
+        raise GanlabError(f"--metric {metric}: no run logged it; runs logged e.g. {', '.join(close)}.")
+    labels = {r["run"]: (r["overrides"] or r["run"]) for r in rows}
+    fig = curves_figure({labels[run]: s.get(metric, []) for run, s in logged.items() if s.get(metric)}, metric,
+                        f"{metric} ({sum(1 for s in logged.values() if s.get(metric))} runs of {root})")
+    save(fig, out)
+    print(f"plot of {metric}: {out}")
+    return out

@@ -22,6 +22,7 @@ bit-identically on the same machine.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -35,14 +36,17 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ganlab import distributed
 from ganlab.checkpoint import load_checkpoint, load_latest, save_checkpoint, write_checkpoints
 from ganlab.config import validate
 from ganlab.data import build_batches
 from ganlab.data.sources import build_source
 from ganlab.device import resolve_device
 from ganlab.errors import DivergedError, GanlabError
+from ganlab.health import Watchdog, diversity
 from ganlab.metrics.scorer import Scorer, real_samples
 from ganlab.monitor import Monitor
+from ganlab.runinfo import write_status
 from ganlab.objectives import DEFAULT as DEFAULT_OBJECTIVE
 from ganlab.objectives import build_objective
 from ganlab.viz import image_grid
@@ -253,7 +257,7 @@ class _LogSums:
         return dict(zip(tags, values))
 
 
-_RESERVED_KEYS = ("step", "config", "rng", "data", "best", "objective")
+_RESERVED_KEYS = ("step", "config", "rng", "data", "best", "objective", "health")
 
 
 class _Run:
@@ -262,7 +266,9 @@ class _Run:
     def __init__(self, cfg: DictConfig, run_dir: Path, state: dict | None, hparams: dict | None):
         t = cfg.train
         self.cfg, self.run_dir, self.ckpt_dir, self.hparams = cfg, run_dir, run_dir / "checkpoints", hparams
-        self.device = device = resolve_device(cfg.device)
+        self.dist = distributed.state()  # torchrun: this rank and the world (ganlab.distributed); else 0 of 1
+        self.main = self.dist.rank == 0  # rank 0 alone writes
+        self.device = device = resolve_device(distributed.device_for(cfg.device))
         if t.threads is not None:
             torch.set_num_threads(int(t.threads))
         if device.type == "cuda":
@@ -283,6 +289,11 @@ class _Run:
             for net in (*obj.nets.values(), *(e.module for e in obj.ema.values())):
                 net.to(memory_format=torch.channels_last)
         self.scalers = {name: torch.amp.GradScaler(device.type, enabled=t.amp == "fp16") for name in obj.optimizers}
+        if self.dist.world > 1:  # torchrun: DDP for the nets the phases train (SyncBatchNorm first, train.sync_bn)
+            if t.sync_bn:
+                for net in obj.nets.values():
+                    distributed.sync_batchnorm(net)
+            obj.distribute(lambda net, find_unused: distributed.wrap(net, device, find_unused))
         if t.compile:  # the forward passes; a gradient penalty's double backward stays eager
             obj.compile()
         self.runtime = _Runtime(device, self.batches, t.amp, channels_last, self.scalers)
@@ -292,15 +303,22 @@ class _Run:
         self.all_params = [p for net in obj.nets.values() for p in net.parameters()]
         self._trainable: tuple[str, ...] | None = None
         self.start_step, self.best = 0, {"step": None, "value": None, "monitor": cfg.eval.monitor}
+        # the watchdog (ganlab.health) and train.on_nan=rollback's lowered learning rates, both checkpointed
+        self.health = Watchdog(cfg.health, cfg.eval.monitor, cfg.eval.mode, cfg.loss.get("name"))
+        self.lr_scale, self.rollbacks = 1.0, 0
         if state is not None:
             self.restore(state)
 
         # on resume, TensorBoard drops what the killed run logged after its checkpoint (no duplicate steps)
         self.budget_s = None if t.max_minutes is None else float(t.max_minutes) * 60.0  # train.max_minutes
-        self.monitor = Monitor(run_dir, t.steps, t.progress, start_step=self.start_step, budget_s=self.budget_s)
+        self.monitor = Monitor(run_dir, t.steps, t.progress, start_step=self.start_step, budget_s=self.budget_s,
+                               enabled=self.main)
         verb = f"resuming at step {self.start_step}:" if self.start_step else "training"
-        log.info(f"{verb} {cfg.model.name} on {source.name} {tuple(source.shape)} | {obj.describe()} | "
-                 f"{obj.batch_description(int(t.batch_size))} | device {device} | run dir {run_dir}")
+        ranks = (f" | DDP over {self.dist.world} processes ({self.dist.backend}), {int(t.batch_size) // self.dist.world} "
+                 f"samples each{', SyncBatchNorm' if t.sync_bn else ''}" if self.dist.world > 1 else "")
+        if self.main:
+            log.info(f"{verb} {cfg.model.name} on {source.name} {tuple(source.shape)} | {obj.describe()} | "
+                     f"{obj.batch_description(int(t.batch_size))}{ranks} | device {device} | run dir {run_dir}")
         if not self.start_step:
             self.monitor.text("config", "```\n" + OmegaConf.to_yaml(cfg) + "\n```")
             if source.kind in ("image", "unpaired"):
@@ -319,6 +337,14 @@ class _Run:
                                            "seed": cfg.seed + 3}}
         self.logs = _LogSums(device)
         self.skip_nan, self.skipped, self.last = t.on_nan == "skip", 0, {}
+        self.rollback_on = t.on_nan == "rollback"
+        # Health/diversity: samples of fixed latents against as many real samples (their diversity, once)
+        n_div = int(cfg.health.diversity_n) if cfg.health.enabled and obj.samples_from_noise else 0
+        self.diversity_n, self.real_diversity = n_div, None
+        if n_div:
+            self.real_diversity = float(diversity(self.batches.preview(n_div)))
+            if not self.real_diversity > 0:
+                self.diversity_n = 0  # a data set of one repeated sample: nothing to compare with
 
     # ------------------------------------------------------------------------------- one step
     def train_step(self, step: int) -> None:
@@ -329,13 +355,16 @@ class _Run:
                 continue
             self._freeze_all_but(phase.trains)
             opt, scaler = self.objective.optimizers[phase.optimizer], self.scalers[phase.optimizer]
+            self.objective.enter_phase(phase.trains)
             for _ in range(phase.repeats):
                 loss, logs = phase.loss(step, self.runtime)
                 opt.zero_grad(set_to_none=True)
-                if self.skip_nan and not bool(torch.isfinite(loss)):  # train.on_nan=skip: a host sync per update
+                if self.skip_nan and not self._finite_everywhere(loss):  # train.on_nan=skip: a host sync per update
                     self.skipped += 1
                     continue
                 scaler.scale(loss).backward()
+                if self.dist.world > 1 and not phase.through_ddp:  # a regularizer DDP cannot reduce: one collective
+                    distributed.all_reduce_grads(self.opt_params[phase.optimizer])
                 scaler.step(opt)
                 scale = scaler._scale.clone() if scaler.is_enabled() else None
                 scaler.update()
@@ -346,9 +375,15 @@ class _Run:
                 absorbed = None if scale is None else scaler._scale < scale
                 self.logs.add(phase.name, step, loss, logs, track_nan=not self.skip_nan, absorbed=absorbed)
                 updated.update(phase.trains)
+            self.objective.leave_phase()
         for name, ema in self.objective.ema.items():
             if name in updated:
                 ema.update(step)
+
+    def _finite_everywhere(self, loss: torch.Tensor) -> bool:
+        """train.on_nan=skip: this update's loss is finite on every rank (all skip it together, or none does)."""
+        finite = bool(torch.isfinite(loss))
+        return finite if self.dist.world == 1 else distributed.agree([float(finite)], "min")[0] > 0
 
     def _freeze_all_but(self, trains: tuple[str, ...]) -> None:
         if trains != self._trainable:
@@ -357,13 +392,16 @@ class _Run:
             self._trainable = trains
 
     def set_lr_factor(self, factor: float) -> None:
-        """A Python float per step (train.lr_decay_from): no sync, nothing to checkpoint."""
+        """A Python float per step (train.lr_decay_from): no sync; only the rollbacks' lowering is checkpointed."""
+        factor *= self.lr_scale
         for name, opt in self.objective.optimizers.items():
             for group, lr in zip(opt.param_groups, self.base_lrs[name]):
                 group["lr"] = lr * factor
 
     # ------------------------------------------------------------ logging, sampling, evaluation
     def log_window(self, step: int, steps_per_s: float) -> None:
+        if self.dist.world > 1:  # every rank learns of a NaN on any rank, and that the ranks still agree
+            self._agree_on_divergence(step)
         if bool(self.logs.first_bad):  # the one host sync per log window
             raise self.diverged(step)
         values = self.logs.means()
@@ -376,11 +414,41 @@ class _Run:
         if self.skip_nan:
             values["Train/skipped_updates"] = float(self.skipped)
         values["Perf/steps_per_s"] = steps_per_s
-        values["Perf/images_per_s"] = steps_per_s * self.objective.images_per_step
+        values["Perf/images_per_s"] = steps_per_s * self.objective.images_per_step * self.dist.world
         if not counted:  # every update of the window was skipped: no loss means to show
             values = {k: v for k, v in values.items() if k.startswith(("Train/", "Perf/"))}
+        elif self.diversity_n:
+            values["Health/diversity"] = self.sample_diversity()
         self.monitor.scalars(step, values)
         self.last = values if counted else self.last
+        self.report_health(step, self.health.window(step, values))
+
+    def sample_diversity(self) -> float:
+        """Health/diversity: mean pairwise distance of health.diversity_n samples of fixed latents (EMA when
+        kept) over that of as many real samples; ~1 for a G that covers the data, ~0 for one output."""
+        with self._aside():
+            fake = self.objective.generate(self.diversity_n, torch.Generator().manual_seed(self.cfg.seed + 5))
+        return float(diversity(fake)) / self.real_diversity
+
+    def report_health(self, step: int, findings: list[dict]) -> None:
+        """Each finding: a console warning, Health/<kind> (scalar and text) in TensorBoard, status.json's `health`."""
+        for f in findings:
+            self.monitor.finding(step, f["kind"], f["message"])
+        if findings and self.main:
+            write_status(self.run_dir, health=self.health.findings)
+
+    def _agree_on_divergence(self, step: int) -> None:
+        """torchrun, on logging steps: the first NaN/Inf step of any rank becomes every rank's (one collective),
+        and the ranks' weights are checked to be the same (a net trained outside DDP would let them drift)."""
+        big, fingerprint = float(2 ** 62), distributed.params_fingerprint(self.all_params)
+        first, lowest = distributed.agree([float(self.logs.first_bad) or big, fingerprint], "min")
+        (highest,) = distributed.agree([fingerprint], "max")
+        if first < big:
+            self.logs.first_bad.fill_(int(first))
+        if highest - lowest > 1e-9 * max(abs(highest), 1.0):
+            raise GanlabError(f"the {self.dist.world} processes' weights differ at step {step}: a phase ran a net it trains "
+                              "outside its objective's fwd (so DDP did not all-reduce its gradients); run it through "
+                              "self.fwd[name], or declare the phase with through_ddp=False.")
 
     def _aside(self):
         """Sampling for grids and metrics draws nothing from the training RNG streams, whatever the
@@ -396,29 +464,52 @@ class _Run:
     def evaluate(self, step: int) -> dict:
         """Score eval.n samples (EMA when kept); keep checkpoints/best.pt by eval.monitor."""
         ev = self.cfg.eval
-        with self._aside():
-            fake, own = self.objective.evaluation(int(ev.n), torch.Generator().manual_seed(self.cfg.seed + 4),
-                                                  self.real_ref)
-        sample_scores = self.scorer(fake.float()) if fake is not None else {}
-        scores = {f"Metrics/{k}": float(v) for k, v in {**sample_scores, **own}.items()
-                  if k not in ("n_samples", "n_modes", "n_classes")}
+        fake, own = self._evaluation(int(ev.n))
+        scores = None
+        if self.main:  # the samples of every rank, scored once
+            sample_scores = self.scorer(fake.float()) if fake is not None else {}
+            scores = {f"Metrics/{k}": float(v) for k, v in {**sample_scores, **own}.items()
+                      if k not in ("n_samples", "n_modes", "n_classes")}
+        scores = distributed.broadcast_object(scores)
         self.monitor.scalars(step, scores)
+        self.report_health(step, self.health.metrics(step, scores))
         if ev.monitor:
             if ev.monitor not in scores:
                 raise GanlabError(f"eval.monitor={ev.monitor} is not among the metrics ({', '.join(scores)}).")
             value, best = scores[ev.monitor], self.best
             if best.get("value") is None or (value < best["value"] if ev.mode == "min" else value > best["value"]):
                 best.update(step=step, value=value, monitor=ev.monitor)
-                save_checkpoint(self.training_state(step), self.ckpt_dir / "best.pt")
+                state = self.training_state(step)  # every rank (it gathers), rank 0 writes
+                if self.main:
+                    save_checkpoint(state, self.ckpt_dir / "best.pt")
         return scores
+
+    def _evaluation(self, n: int) -> tuple[torch.Tensor | None, dict]:
+        """The objective's evaluation of n samples (aside from the training streams); under torchrun sharded:
+        each rank makes its share against its slice of the reference, rank 0 gets them all and the size-weighted
+        means of the family's own metrics."""
+        w, r = self.dist.world, self.dist.rank
+        share = n // w + (1 if r < n % w else 0)
+        real = self.real_ref if w == 1 or self.real_ref is None else self.real_ref[r::w]
+        with self._aside():
+            fake, own = self.objective.evaluation(share, torch.Generator().manual_seed(self.cfg.seed + 4 + 7919 * r), real)
+        if w == 1:
+            return fake, own
+        parts = distributed.gather_objects((None if fake is None else fake.float().cpu(), own, share))
+        if not self.main:
+            return None, {}
+        fakes = [f for f, _, _ in parts if f is not None]
+        merged = {k: sum(o[k] * m for _, o, m in parts) / sum(m for _, _, m in parts) for k in parts[0][1]}
+        return (torch.cat(fakes) if fakes else None), merged
 
     # ------------------------------------------------------------------ checkpoints and resume
     def diverged(self, at_step: int) -> DivergedError:
         bad = int(self.logs.first_bad) or at_step
         where = (f"the last good checkpoint (step {self.last_ckpt_step}) is kept in {self.ckpt_dir}"
                  if self.last_ckpt_step else "no checkpoint had been written yet")
-        return DivergedError(f"training diverged: a loss became NaN/Inf at step {bad}; {where}. Lower the learning "
-                             "rate (optimizer.lr), change the loss, or set train.on_nan=skip.")
+        tried = f" after {self.rollbacks} rollback(s) (train.max_rollbacks)" if self.rollbacks else ""
+        return DivergedError(f"training diverged: a loss became NaN/Inf at step {bad}{tried}; {where}. Lower the "
+                             "learning rate (optimizer.lr), change the loss, or set train.on_nan=skip or rollback.")
 
     def training_state(self, step: int) -> dict:
         # never write a diverged state (one sync, on checkpoint steps only)
@@ -426,17 +517,25 @@ class _Run:
         if not bool(finite):
             raise self.diverged(step)
         obj = self.objective
-        return {
+        state = {
             **{name: net.state_dict() for name, net in obj.nets.items()},
             **{f"{name}_ema": ema.module.state_dict() for name, ema in obj.ema.items()},
             **{f"opt_{name}": opt.state_dict() for name, opt in obj.optimizers.items()},
             **{f"scaler_{name}": scaler.state_dict() for name, scaler in self.scalers.items()},
             "objective": obj.state_dict(), "step": step, "config": OmegaConf.to_container(self.cfg, resolve=True),
             "rng": rng_state(self.device), "data": self.batches.state_dict(), "best": dict(self.best),
+            "health": {"watchdog": self.health.state_dict(), "lr_scale": self.lr_scale, "rollbacks": self.rollbacks},
         }
+        if self.dist.world > 1:
+            state["dist"] = distributed.checkpoint_record(state["objective"], self.all_params)
+        return state
 
     def checkpoint(self, step: int) -> None:
-        write_checkpoints(self.training_state(step), self.ckpt_dir, step, int(self.cfg.train.keep_ckpts))
+        if self.dist.world > 1:  # BatchNorm's running statistics are each rank's own: all continue from rank 0's
+            distributed.broadcast_buffers([*self.objective.nets.values(), *(e.module for e in self.objective.ema.values())])
+        state = self.training_state(step)  # every rank: the checks and the gathers; rank 0 writes
+        if self.main:
+            write_checkpoints(state, self.ckpt_dir, step, int(self.cfg.train.keep_ckpts))
         self.last_ckpt_step = step
 
     def restore(self, state: dict) -> None:
@@ -447,13 +546,14 @@ class _Run:
             for name, scaler in self.scalers.items():
                 if state.get(f"scaler_{name}"):
                     scaler.load_state_dict(state[f"scaler_{name}"])
+            health = state.get("health") or {}
+            self.lr_scale, self.rollbacks = float(health.get("lr_scale", 1.0)), int(health.get("rollbacks", 0))
             for name, opt in obj.optimizers.items():
                 opt.load_state_dict(state[f"opt_{name}"])
-                for group, lr in zip(opt.param_groups, self.base_lrs[name]):  # the config's lr wins over the saved one
-                    group["lr"] = lr
+            self.set_lr_factor(1.0)  # the config's lr (x the rollbacks' lowering) wins over the saved one
             for name, ema in obj.ema.items():
                 ema.module.load_state_dict(state.get(f"{name}_ema") or state[name])
-            obj.load_state_dict(state.get("objective") or {})
+            obj.load_state_dict(distributed.objective_state_for_this_rank(state))
             self.batches.load_state_dict(state["data"])
             set_rng_state(state["rng"], self.device)
         except (KeyError, RuntimeError, ValueError) as exc:
@@ -461,6 +561,34 @@ class _Run:
                               "resume with the run's own settings or start a new run.") from None
         self.start_step = self.last_ckpt_step = int(state["step"])
         self.best.update(state.get("best") or {})
+        self.health.load_state_dict((state.get("health") or {}).get("watchdog"))
+        note = distributed.resume_note(state)
+        if note and self.main:
+            log.warning(note)
+
+    def roll_back(self, at_step: int, error: DivergedError) -> int:
+        """train.on_nan=rollback: reload the last good checkpoint (or the start), lower every learning rate by
+        train.rollback_lr_factor and go on; counted, logged and checkpointed. Returns the step reloaded."""
+        t = self.cfg.train
+        if self.rollbacks >= int(t.max_rollbacks):
+            raise error
+        bad = int(self.logs.first_bad) or at_step
+        if self.last_ckpt_step and (self.ckpt_dir / "last.pt").is_file():
+            state, where = load_checkpoint(self.ckpt_dir / "last.pt"), f"checkpoint step {self.last_ckpt_step}"
+        else:
+            state, where = torch.load(io.BytesIO(self._initial_state), weights_only=True), "the start (step 0)"
+        keep = self.health.state_dict(), dict(self.best), self.rollbacks + 1, self.lr_scale * float(t.rollback_lr_factor)
+        self.restore(state)
+        self.health.load_state_dict(keep[0])
+        self.best, self.rollbacks, self.lr_scale = keep[1], keep[2], keep[3]
+        self.set_lr_factor(1.0)
+        self.logs = _LogSums(self.device)
+        self.monitor.restart(self.start_step)  # TensorBoard drops what the diverged stretch logged
+        msg = (f"a loss became NaN/Inf at step {bad}: rolled back to {where} with every learning rate x{t.rollback_lr_factor} "
+               f"(now x{self.lr_scale:.3g} of the config's; rollback {self.rollbacks} of at most {t.max_rollbacks})")
+        self.report_health(bad, [self.health.rollback(bad, msg)])
+        self.monitor.writer.add_scalar("Health/rollbacks", float(self.rollbacks), bad)
+        return self.start_step
 
     def _final_words(self) -> str:
         """The final scores in a few words (2D data: the modes found, as the papers count them)."""
@@ -485,38 +613,61 @@ class _Run:
         # the clocks start here: the wall-clock budget and steps/s count training, not the set-up
         t_start = last_log_t = time.monotonic()
         self.monitor.start_clock()
+        if self.rollback_on and not self.start_step:  # train.on_nan=rollback before the first checkpoint: the start
+            buf = io.BytesIO()
+            torch.save(self.training_state(0), buf)
+            self._initial_state = buf.getvalue()
         with _StopSignals() as stop:
             try:
-                for step in range(self.start_step + 1, steps_total + 1):
+                while step < steps_total:
+                    step += 1
                     if decay_from is not None:
                         self.set_lr_factor(lr_factor(step, steps_total, decay_from))
-                    self.train_step(step)
-                    self.monitor.tick(step)
                     final = step == steps_total
-                    out_of_time = budget_s is not None and time.monotonic() - t_start >= budget_s
-                    stopping = stop.received is not None or out_of_time
-                    if step % log_every == 0 or final or stopping:
-                        now = time.monotonic()
-                        self.log_window(step, (step - last_log_step) / max(now - last_log_t, 1e-9))
-                        last_log_t, last_log_step = now, step
-                    if step % sample_every == 0 or final or stopping or self.objective.snapshot_due(step):
-                        self.snapshot(step)
-                    if eval_every and step % eval_every == 0 and not final:
-                        self.evaluate(step)
-                    if step % ckpt_every == 0 or final or stopping:
-                        self.checkpoint(step)
+                    try:
+                        self.train_step(step)
+                        self.monitor.tick(step)
+                        out_of_time = budget_s is not None and time.monotonic() - t_start >= budget_s
+                        stopping = stop.received is not None or out_of_time
+                        if self.dist.world > 1:  # the ranks stop together: they agree on logging steps
+                            stopping = out_of_time = False
+                            if step % log_every == 0 and not final:
+                                signalled, out_of_time = (bool(v) for v in distributed.agree(
+                                    [float(stop.received is not None), float(budget_s is not None and
+                                                                              time.monotonic() - t_start >= budget_s)]))
+                                stopping = signalled or out_of_time
+                        if step % log_every == 0 or final or stopping:
+                            now = time.monotonic()
+                            self.log_window(step, (step - last_log_step) / max(now - last_log_t, 1e-9))
+                            last_log_t, last_log_step = now, step
+                        if step % sample_every == 0 or final or stopping or self.objective.snapshot_due(step):
+                            self.snapshot(step)
+                        if eval_every and step % eval_every == 0 and not final:
+                            self.evaluate(step)
+                        if step % ckpt_every == 0 or final or stopping:
+                            self.checkpoint(step)
+                    except DivergedError as exc:
+                        if not self.rollback_on:
+                            raise
+                        step = last_log_step = self.roll_back(step, exc)
+                        last_log_t = time.monotonic()
+                        continue
                     if stopping and not final:
                         why = (f"train.max_minutes={t.max_minutes} reached" if out_of_time
-                               else f"{signal.Signals(stop.received).name} received")
+                               else f"{signal.Signals(stop.received).name} received" if stop.received is not None
+                               else "another process received a stop signal")
                         self.monitor.message(f"{why} at step {step}/{t.steps}: stopped with a checkpoint in "
                                              f"{self.ckpt_dir / 'last.pt'}; continue with resume=true "
                                              f"hydra.run.dir={self.run_dir}")
                         break
-                if self.scorer is not None and self.last and stop.received is None:  # the final samples, scored
+                signalled = bool(distributed.agree([float(stop.received is not None)])[0])  # every rank, or none
+                if self.scorer is not None and self.last and not signalled:  # the final samples, scored
                     metrics = self.evaluate(step)
                     self.last.update(metrics)
-                    (self.run_dir / "metrics.json").write_text(json.dumps(
-                        {"step": step, "metrics": metrics, "best": self.best, "protocol": self.protocol}, indent=2) + "\n")
+                    if self.main:
+                        (self.run_dir / "metrics.json").write_text(json.dumps(
+                            {"step": step, "metrics": metrics, "best": self.best, "protocol": self.protocol},
+                            indent=2) + "\n")
                 if self.hparams and self.last:
                     self.monitor.hparams(self.hparams, {k: v for k, v in self.last.items()
                                                         if k.startswith(("Loss/", "D/", "Metrics/"))})
@@ -524,12 +675,16 @@ class _Run:
                 self.monitor.close()
 
         elapsed = time.monotonic() - t_start
-        log.info(f"done: step {step} in {elapsed:.1f}s{self._final_words()}\n  run dir: {self.run_dir}\n"
-                 f"  TensorBoard: tensorboard --logdir {self.run_dir / 'tb'}")
+        if self.main:
+            rolled = f" ({self.rollbacks} rollback(s), lrs x{self.lr_scale:.3g})" if self.rollbacks else ""
+            log.info(f"done: step {step} in {elapsed:.1f}s{rolled}{self._final_words()}\n  run dir: {self.run_dir}\n"
+                     f"  TensorBoard: tensorboard --logdir {self.run_dir / 'tb'}")
         result = {"step": step, "wall_s": elapsed,
                   **{k: v for k, v in self.last.items() if k.startswith(("Loss/", "D/", "Perf/", "Metrics/"))}}
         if self.skip_nan:
             result["skipped_updates"] = self.skipped
+        if self.rollbacks:
+            result["rollbacks"] = self.rollbacks
         if stop.received is not None:
             result["stopped_by"] = signal.Signals(stop.received).name
         stop.hand_on()

@@ -11,6 +11,7 @@ import math
 import torch
 from torch import nn
 
+from ganlab import distributed
 from ganlab.errors import GanlabError
 
 
@@ -32,10 +33,10 @@ def d_targets(n: int, tricks, real: float = 1.0, fake: float = 0.0, generator: t
         real_t = real_t - float(tricks.label_smoothing) * (real - fake)
     if tricks.noisy_labels:
         span = real - fake
-        real_t = real + span * (torch.rand(n, generator=generator, device=device) * 0.5 - 0.3)
-        fake_t = fake + span * torch.rand(n, generator=generator, device=device) * 0.3
+        real_t = real + span * (_rand(n, generator, device) * 0.5 - 0.3)
+        fake_t = fake + span * _rand(n, generator, device) * 0.3
     if tricks.flip_labels > 0:
-        flip = torch.rand(n, generator=generator, device=device) < float(tricks.flip_labels)
+        flip = _rand(n, generator, device) < float(tricks.flip_labels)
         real_t, fake_t = torch.where(flip, fake_t, real_t), torch.where(flip, real_t, fake_t)
     return real_t, fake_t
 
@@ -50,7 +51,14 @@ def instance_noise_std(step: int, tricks, total_steps: int) -> float:
 
 
 def add_instance_noise(x: torch.Tensor, std: float) -> torch.Tensor:
-    return x if std <= 0 else x + std * torch.randn_like(x)
+    return x if std <= 0 else x + std * distributed.randn_like_rows(x)
+
+
+def _rand(n: int, generator, device) -> torch.Tensor:
+    """U(0, 1) per sample: from `generator`, or from the training stream (this rank's rows under torchrun)."""
+    if generator is not None:
+        return torch.rand(n, generator=generator, device=device)
+    return distributed.rows(torch.rand, n, device=device)
 
 
 class EMA:

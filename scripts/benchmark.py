@@ -16,8 +16,14 @@ memory.
 
 The last line is `overhead_ratio X`: ganlab images/s / bare images/s for dcgan at MNIST size.
 
+`--scaling N` measures DDP instead: the same recipe on 1, 2, 4, ... N processes under torchrun (one GPU
+each on CUDA; gloo processes on the CPU), the per-process batch fixed (weak scaling: the global batch
+grows with the processes), all in one run of this script; the last line is `scaling_efficiency X`:
+images/s on N processes / (N x images/s on one).
+
     python scripts/benchmark.py --quick          # CPU-sized, a few minutes
     python scripts/benchmark.py --device cuda    # the full table on a GPU
+    python scripts/benchmark.py --scaling 8      # 1 vs 2, 4, 8 GPUs (dcgan 64 px, batch 64 per GPU)
 """
 
 from __future__ import annotations
@@ -148,13 +154,66 @@ def peak_memory(device: torch.device) -> str:
     return f"{torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"
 
 
+def run_ddp(world: int, overrides: list[str], steps: int, tmp: Path) -> float:
+    """images/s of one torchrun run of `world` processes over its last logging window (the first is warm-up)."""
+    import json
+    import os
+    import subprocess
+
+    run = tmp / f"ddp{world}"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}", "-m", "ganlab",
+           "train", *overrides, f"train.steps={2 * steps}", f"train.log_every={steps}", f"train.sample_every={2 * steps}",
+           f"train.ckpt_every={2 * steps}", "health.diversity_n=0", f"hydra.run.dir={run}"]
+    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // world)))
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise SystemExit(f"torchrun with {world} processes failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+    return float(json.loads((run / "status.json").read_text())["metrics"]["Perf/images_per_s"])
+
+
+def scaling(n: int, device: str, model: str, size: str, per_process: int, steps: int, repeats: int) -> None:
+    """`--scaling N`: weak scaling of DDP over 1, 2, 4, ... N processes, side by side in this one run."""
+    from rich.console import Console
+    from rich.table import Table
+
+    worlds = sorted({1, n, *[2 ** k for k in range(1, n.bit_length()) if 2 ** k <= n]})
+    table = Table(title=f"DDP weak scaling: {model} {SIZES[size][1]} px, {per_process} per process, {device}")
+    for col in ("processes", "global batch", "img/s (median)", "speed-up", "efficiency"):
+        table.add_column(col, justify="right")
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp)
+        make_idx(data, "MNIST", n=4096)
+        make_cifar(data, per_batch=1024)
+        speeds = {}
+        for _ in range(repeats):  # the world sizes alternate, so none gains from its slot
+            for w in worlds:
+                ov = overrides_for(model, size, data, device, per_process * w, "none", False)
+                speeds.setdefault(w, []).append(run_ddp(w, ov, steps, data))
+        base = statistics.median(speeds[1])
+        for w in worlds:
+            med = statistics.median(speeds[w])
+            table.add_row(str(w), str(per_process * w), f"{med:,.0f}", f"{med / base:.2f}x", f"{med / (w * base):.2f}")
+            print(f"{w} process(es): {med:,.0f} img/s ({speeds[w]})", flush=True)
+    Console(width=None if sys.stdout.isatty() else 140).print(table)
+    print(f"scaling_efficiency {statistics.median(speeds[n]) / (n * base):.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="CPU-sized: fewer steps and repeats")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--scaling", type=int, metavar="N", help="DDP weak scaling over 1..N processes instead")
+    ap.add_argument("--model", default="dcgan", help="--scaling: the recipe (gan, dcgan, wgan_gp)")
+    ap.add_argument("--size", default="cifar64", choices=list(SIZES), help="--scaling: the image size")
+    ap.add_argument("--steps", type=int, default=None, help="--scaling: steps per logging window")
     args = ap.parse_args()
+    if args.scaling:
+        dev = "cuda" if args.device == "auto" and torch.cuda.is_available() else "cpu" if args.device == "auto" else args.device
+        scaling(args.scaling, dev, args.model, args.size, args.batch, args.steps or (200 if dev == "cuda" else 10),
+                args.repeats or (3 if dev == "cuda" else 1))
+        return
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     repeats = args.repeats or (4 if args.quick else 7)

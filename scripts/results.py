@@ -118,11 +118,9 @@ def launch(run: Run, out: Path) -> Run:
 
 
 def scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from ganlab.monitor import read_scalars
 
-    acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
-    acc.Reload()
-    return [(e.step, e.value) for e in acc.Scalars(tag)] if tag in acc.Tags()["scalars"] else []
+    return read_scalars(run_dir, [tag]).get(tag, [])
 
 
 def mean_std(values: list[float], fmt: str = "{:.3f}") -> str:

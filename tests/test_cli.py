@@ -46,7 +46,7 @@ def test_top_level_help_lists_the_commands(tmp_path):
 def test_train_help_lists_every_group(tmp_path):
     out = run_cli("train", "--help", cwd=tmp_path)
     assert out.returncode == 0
-    for line in ("dataset: cifar10, fashion_mnist, grid25, image_folder, mix1d, mnist, ring8",
+    for line in ("dataset: cifar10, fashion_mnist, generated, grid25, image_folder, mix1d, mnist, ring8",
                  "loss: hinge, least_squares, minimax, nonsaturating, wasserstein"):
         assert line in out.stdout
     assert "model:" in out.stdout and "wgan_gp" in out.stdout

@@ -15,7 +15,7 @@ from ganlab.errors import GanlabError
 from conftest import DATASETS, LOSSES, MODELS, REPO, compose, offline_env, run_cli
 
 GROUPS = {g: sorted(p.stem for p in (REPO / "conf" / g).glob("*.yaml"))
-          for g in ("dataset", "model", "loss", "optimizer", "penalty", "experiment")}
+          for g in ("dataset", "model", "loss", "optimizer", "penalty", "experiment", "debug")}
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])

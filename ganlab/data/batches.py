@@ -10,12 +10,18 @@
 - Two unpaired image domains (CycleGAN) live on the device like in-memory sets, each in its own order.
 All of them hand out (x, y): x float in [-1, 1] on the device, y the labels (or None); unpaired
 domains hand out (images of A, images of B).
+
+Under torchrun (ganlab.distributed) `batch_size` is the global batch and `next()` hands out this rank's
+contiguous slice of each global batch of the one seeded order every rank shares: the ranks' samples are
+disjoint, together they are exactly what one process would train on, and the saved position counts
+global samples, so a resume on another world size reads on in the same order.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ganlab import distributed
 from ganlab.errors import GanlabError
 
 
@@ -33,6 +39,8 @@ class DeviceBatches:
         self.x = x.to(device)
         self.y = None if y is None else y.to(device)
         self.batch_size, self.device = batch_size, device
+        self.rank, self.world = distributed.rank(), distributed.world()
+        self.local = distributed.local_batch(batch_size)
         self.generator = torch.Generator().manual_seed(seed)
         self.epoch, self.offset = 0, 0  # samples of this epoch's order handed out
         self._perm = self._new_perm()
@@ -42,16 +50,19 @@ class DeviceBatches:
         return torch.randperm(len(self.x), generator=self.generator).to(self.device, non_blocking=True)
 
     def next(self, n: int | None = None):
-        """The next n samples (default: train.batch_size) of this epoch's order; a new epoch when
-        fewer than n are left (they are dropped, like a last partial batch)."""
-        n = self.batch_size if n is None else n
-        if n > len(self.x):
-            raise GanlabError(f"a batch of {n} is larger than the dataset ({len(self.x)} samples); use smaller batches.")
-        if self.offset + n > len(self.x):
+        """The next n samples (default: this rank's share of train.batch_size) of this epoch's order: this
+        rank's slice of the next global batch of n x world; a new epoch when fewer than that are left (they
+        are dropped, like a last partial batch)."""
+        n = self.local if n is None else n
+        total = n * self.world
+        if total > len(self.x):
+            raise GanlabError(f"a batch of {total} is larger than the dataset ({len(self.x)} samples); use smaller batches.")
+        if self.offset + total > len(self.x):
             self.epoch, self.offset = self.epoch + 1, 0
             self._perm = self._new_perm()
-        idx = self._perm[self.offset:self.offset + n]
-        self.offset += n
+        start = self.offset + self.rank * n
+        idx = self._perm[start:start + n]
+        self.offset += total
         return to_unit_range(self.x[idx]), (None if self.y is None else self.y[idx])
 
     def state_dict(self) -> dict:
@@ -70,18 +81,25 @@ class DeviceBatches:
 
 
 class _EpochOrder(torch.utils.data.Sampler):
-    """The DataLoader's sample order: a permutation drawn from (seed, epoch) alone, started at
-    `start` (a multiple of the batch size), so any position in any epoch can be rebuilt."""
+    """The DataLoader's sample order: a permutation drawn from (seed, epoch) alone, cut into global batches
+    of `world` x `local` samples, of which this rank reads its own slice from global batch `start` on, so
+    any position in any epoch can be rebuilt (on any world size)."""
 
-    def __init__(self, n: int, seed: int):
+    def __init__(self, n: int, seed: int, local: int, rank: int = 0, world: int = 1):
         self.n, self.seed, self.epoch, self.start = n, seed, 0, 0
+        self.local, self.rank, self.world = local, rank, world
+        self.per_epoch = n // (local * world)
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g)[self.start:].tolist())
+        perm = torch.randperm(self.n, generator=g)
+        glob = self.local * self.world
+        mine = [perm[b * glob + self.rank * self.local: b * glob + (self.rank + 1) * self.local]
+                for b in range(self.start, self.per_epoch)]
+        return iter(torch.cat(mine).tolist() if mine else [])
 
     def __len__(self) -> int:
-        return self.n - self.start
+        return (self.per_epoch - self.start) * self.local
 
 
 class LoaderBatches:
@@ -90,12 +108,12 @@ class LoaderBatches:
             raise GanlabError(
                 f"train.batch_size={batch_size} is larger than the dataset ({len(dataset)} images); use a smaller batch."
             )
-        self.device, self.batch_size = device, batch_size
+        self.device, self.batch_size = device, distributed.local_batch(batch_size)  # this rank's share
         self.per_epoch = len(dataset) // batch_size
-        self.order = _EpochOrder(len(dataset), seed)
-        self.pos = 0  # batches handed out in this epoch
+        self.order = _EpochOrder(len(dataset), seed, self.batch_size, distributed.rank(), distributed.world())
+        self.pos = 0  # (global) batches handed out in this epoch
         self.loader = torch.utils.data.DataLoader(
-            dataset, batch_size=batch_size, sampler=self.order, drop_last=True, num_workers=num_workers,
+            dataset, batch_size=self.batch_size, sampler=self.order, drop_last=True, num_workers=num_workers,
             pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
         )
         self._it = iter(self.loader)
@@ -123,7 +141,7 @@ class LoaderBatches:
         return to_unit_range(torch.stack([ds[i][0] for i in range(min(n, len(ds)))]).to(self.device))
 
     def _seek(self, epoch: int, pos: int) -> None:
-        self.order.epoch, self.order.start, self.pos = epoch, pos * self.batch_size, pos
+        self.order.epoch, self.order.start, self.pos = epoch, pos, pos
         self._it = iter(self.loader)  # workers (persistent) start on the new order
 
     def state_dict(self) -> dict:
@@ -148,7 +166,7 @@ class UnpairedBatches:
     def _flip(self, x: torch.Tensor) -> torch.Tensor:
         if not self.flip:
             return x
-        mirrored = torch.rand(x.shape[0], device=self.device) < 0.5
+        mirrored = distributed.rows(torch.rand, x.shape[0], device=self.device) < 0.5
         return torch.where(mirrored[:, None, None, None], x.flip(-1), x)
 
     def next(self, n: int | None = None):
@@ -171,7 +189,18 @@ class PointBatches:
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
     def next(self, n: int | None = None):
-        return self.source.sample(self.batch_size if n is None else n, self.generator, self.device)
+        """n points (default: this rank's share of the batch): under torchrun this rank's rows of the global draw."""
+        n = distributed.local_batch(self.batch_size) if n is None else n
+        w = distributed.world()
+        if w == 1:
+            return self.source.sample(n, self.generator, self.device)
+        x, y = self.source.sample(n * w, self.generator, self.device)
+        r = distributed.rank()
+        return x[r * n:(r + 1) * n], y[r * n:(r + 1) * n]
+
+    def preview(self, n: int) -> torch.Tensor:
+        """n points of a fixed draw (not from the training stream, so resumes stay exact)."""
+        return self.source.sample(n, torch.Generator(device=self.device).manual_seed(0), self.device)[0]
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}

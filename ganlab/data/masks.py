@@ -21,6 +21,7 @@ import math
 import torch
 from torch import Tensor
 
+from ganlab import distributed
 from ganlab.errors import GanlabError
 
 KINDS = ("center", "random_box", "free_form")
@@ -30,7 +31,7 @@ def _rand(shape, generator: torch.Generator | None, device) -> Tensor:
     """U(0, 1) from `generator` (on its own device) or the global RNG of `device`, then on `device`."""
     if generator is not None:
         return torch.rand(shape, generator=generator, device=generator.device).to(device)
-    return torch.rand(shape, device=device)
+    return distributed.rows(torch.rand, shape[0], *shape[1:], device=device)  # per image (rank's rows)
 
 
 def check(kind: str, ratio) -> None:

@@ -421,3 +421,56 @@ class MixtureSource:
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """The exact log density at x (N x d), float64."""
         return mixture_log_prob(x, self.modes, self.std)
+
+
+class GeneratedImages(_ImageSource):
+    """`n` labelled images of class-dependent strokes (ganlab.data.synthetic.digit_like), made in memory
+    from `seed`: nothing to read or download (dataset=generated, debug=smoke)."""
+
+    def __init__(self, name, n, resolution, channels, num_classes, seed):
+        super().__init__(name, resolution, channels, num_classes)
+        if channels not in (1, 3) or num_classes != 10:
+            raise GanlabError("dataset=generated makes 1- or 3-channel images of 10 classes; use dataset.channels=1 "
+                              "or 3 and leave dataset.num_classes=10.")
+        self.n, self.seed = n, int(seed)
+
+    def load(self) -> tuple[torch.Tensor, torch.Tensor]:
+        from ganlab.data.synthetic import digit_like
+
+        imgs, labels = digit_like(self.n, size=self.resolution, channels=self.channels, seed=self.seed)
+        x = torch.from_numpy(imgs).unsqueeze(1) if self.channels == 1 else torch.from_numpy(imgs).permute(0, 3, 1, 2)
+        return x.contiguous(), torch.from_numpy(labels.astype(np.int64))
+
+    def data_dir(self) -> Path:
+        """Where the metrics' classifier for these images is cached (they are the same for the same settings)."""
+        return Path.home() / ".cache" / "ganlab" / f"generated-{self.n}-{self.resolution}-{self.channels}-{self.seed}"
+
+
+class GeneratedUnpaired(UnpairedSource):
+    """Two generated domains for model=cyclegan: strokes (A) and, drawn independently, inverted strokes (B)."""
+
+    def __init__(self, name, n, resolution, channels, seed):
+        super().__init__(name, "<generated A>", "<generated B>", resolution, channels, flip=True)
+        self.n, self.seed = n, int(seed)
+
+    def load(self) -> dict[str, torch.Tensor]:
+        if self._data is None:
+            a, b = GeneratedImages(self.name, self.n, self.resolution, self.channels, 10, self.seed), \
+                GeneratedImages(self.name, self.n, self.resolution, self.channels, 10, self.seed + 1)
+            self._data = {"a": a.load()[0], "b": 255 - b.load()[0]}
+        return self._data
+
+
+def generated(name, objective, n=256, resolution=32, channels=1, num_classes=10, seed=0):
+    """dataset=generated: what the family (model.objective) trains on, made in memory: one labelled image set,
+    two unpaired domains (cyclegan's data kind), or a 1D mixture of known density (optimal_d's)."""
+    from ganlab.objectives import objective_class
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 16:
+        raise GanlabError(f"dataset.n={n!r} is not valid for dataset=generated: use an integer >= 16 (e.g. 256).")
+    kinds = objective_class(str(objective)).data_kinds
+    if "image" in kinds:
+        return GeneratedImages(name, n, resolution, channels, num_classes, seed)
+    if "unpaired" in kinds:
+        return GeneratedUnpaired(name, n, resolution, channels, seed)
+    return MixtureSource(name, "line", 2, 1.0, 0.3)  # as dataset=mix1d

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ganlab import distributed
 from ganlab.errors import GanlabError
 from ganlab.models import dcgan, mlp, resnet
 from ganlab.models.base import Discriminator, Generator, apply_spectral_norm
@@ -69,8 +70,11 @@ def build_models(model_cfg, source) -> tuple[Generator, Discriminator]:
 
 
 def sample_z(n: int, z_dim: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-    """The latent prior: standard normal."""
-    return torch.randn(n, z_dim, generator=generator, device=device)
+    """The latent prior: standard normal. From `generator`, or from the training stream (under torchrun:
+    this rank's n rows of the global batch's latents, ganlab.distributed.rows)."""
+    if generator is not None:
+        return torch.randn(n, z_dim, generator=generator, device=device)
+    return distributed.rows(torch.randn, n, z_dim, device=device)
 
 
 @torch.no_grad()

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ganlab import distributed
 from ganlab.errors import GanlabError
 
 SUPPORTS = ("image",)
@@ -171,7 +172,7 @@ class LapSampler(nn.Module):
             trace.append((top, None, None, x))
         for k in reversed(range(top)):
             l = up(x)
-            h = self.gens[k](torch.randn(l.shape[0], 1, *l.shape[2:], device=l.device), l, y)
+            h = self.gens[k](distributed.rows(torch.randn, l.shape[0], 1, *l.shape[2:], device=l.device), l, y)
             x = l + h
             if trace is not None:
                 trace.append((k, l, h, x))

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ganlab import distributed
 from ganlab.errors import GanlabError
 from ganlab.models.base import MinibatchStdDev
 from ganlab.models.layers import SQRT2, EqualizedConv2d, EqualizedLinear, lrelu
@@ -149,7 +150,7 @@ class SynthesisLayer(nn.Module):
         weight, s = self.weight * self.weight_gain, self.affine(w)
         extra = self.bias[None, :, None, None].to(x.dtype)
         if noise_mode != "none":
-            noise = (torch.randn(x.shape[0], 1, self.res, self.res, device=x.device, dtype=x.dtype)
+            noise = (distributed.rows(torch.randn, x.shape[0], 1, self.res, self.res, device=x.device, dtype=x.dtype)
                      if noise_mode == "random" else self.noise_const.to(x.dtype))
             extra = torch.addcmul(extra, noise, self.noise_strength[None, :, None, None].to(x.dtype))
         if self.style == "demod":

@@ -13,7 +13,9 @@ import logging
 import torch
 from torch import Tensor
 
+from ganlab import distributed
 from ganlab.data.sources import build_source
+from ganlab.distributed import local_batch
 from ganlab.errors import GanlabError
 from ganlab.losses import d_score_logs, get_loss, get_penalty
 from ganlab.models import build_models, generate, resolve_backbone, sample_z
@@ -49,7 +51,7 @@ class Adversarial(Objective):
 
         self.source, self.device, self.tricks = source, device, tricks
         self.steps_total = int(t.steps)
-        self.batch, self.z_dim, self.n_critic = int(t.batch_size), int(cfg.model.z_dim), int(t.n_critic)
+        self.batch, self.z_dim, self.n_critic = local_batch(int(t.batch_size)), int(cfg.model.z_dim), int(t.n_critic)
         self.n_classes = g.num_classes if g.conditional else None
         self.noisy = float(tricks.instance_noise) > 0
         targets = self.loss_fn.targets
@@ -80,7 +82,7 @@ class Adversarial(Objective):
         return instance_noise_std(step, self.tricks, self.steps_total) if self.noisy else 0.0
 
     def _fake_labels(self, n: int) -> Tensor | None:
-        return torch.randint(self.n_classes, (n,), device=self.device) if self.n_classes else None
+        return distributed.randint_rows(self.n_classes, n, device=self.device) if self.n_classes else None
 
     def d_loss(self, step: int, rt: Runtime):
         """D on a real batch and a separate fake batch (+ the penalty, if any)."""

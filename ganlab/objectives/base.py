@@ -15,6 +15,10 @@ An `Objective` owns what one training step *is* for its family:
 - `phases`: what an update trains, with which optimizer, how often (`every`: lazy
   regularization) and how many times in a row (`repeats`: n_critic), and the function computing
   its loss and the scalars to log (0-d device tensors: the loop sums them on the device);
+- forward passes through `self.fwd[name]`: under torchrun the nets a phase trains are
+  DistributedDataParallel there (their gradients all-reduced in backward); a phase whose loss runs
+  its nets some other way (a double-backward regularizer through `nets[name].method(...)`) says
+  `through_ddp=False` and the loop all-reduces its gradients itself;
 - schedules (PG-GAN's alpha, instance noise, ...) as pure functions of the step, so that nothing
   but the step needs saving for them; state that must persist (image pools, running means) in
   `state_dict()` as device tensors and plain containers (loads with `weights_only=True`);
@@ -68,6 +72,10 @@ class Phase:
     repeats: int = 1
     every: int = 1
     after: Callable[[], None] | None = None
+    # False: the loss does not run the trained nets through self.fwd (R1 or path length on the raw nets, whose
+    # double backward leaves some parameters without a gradient, which DDP's reducer cannot finish on); under
+    # torchrun the loop all-reduces this phase's gradients itself, as StyleGAN2-ADA does for every phase
+    through_ddp: bool = True
 
 
 class Objective:
@@ -80,19 +88,51 @@ class Objective:
     images_per_step: int = 0  # images through the discriminator(s) per step, for Perf/images_per_s
     data_kinds: tuple[str, ...] = ("image", "points")  # the data sources it trains on (source.kind)
     data_hint = "trains on one set of images or 2D points."  # the refusal for other data: "model=NAME <hint>"
+    samples_from_noise = True  # generate() draws from latents: the watchdog tracks the samples' diversity
+    ddp_find_unused = False  # DDP's find_unused_parameters (PG-GAN: the layers of resolutions not yet grown)
 
     def __init__(self):
         self.nets, self.optimizers, self.ema, self.phases = {}, {}, {}, ()
         self._compiled: dict[str, Callable] | None = None
+        self._ddp: dict[str, Callable] | None = None  # torchrun: the trained nets in DistributedDataParallel
+        self._phase_fwd: dict[str, Callable] | None = None
+        self._phase_cache: dict[tuple, dict] = {}
 
     @property
     def fwd(self) -> dict[str, Callable]:
-        """Forward passes by net name: the nets, or their torch.compile'd wrappers (train.compile)."""
+        """Forward passes by net name: the nets, or their torch.compile'd wrappers (train.compile); under
+        torchrun, within a phase, the nets it trains through DistributedDataParallel."""
+        if self._phase_fwd is not None:
+            return self._phase_fwd
         return self.nets if self._compiled is None else self._compiled
 
     def compile(self) -> None:
         """train.compile: forward passes through torch.compile (double backward stays eager)."""
         self._compiled = {name: torch.compile(net) for name, net in self.nets.items()}
+        if self._ddp is not None:
+            self._ddp = {name: torch.compile(ddp) for name, ddp in self._ddp.items()}
+        self._phase_cache.clear()
+
+    def distribute(self, wrap: Callable[[nn.Module, bool], nn.Module]) -> None:
+        """torchrun (the loop calls this once): every net some phase trains gets a DDP wrapper, `wrap(net,
+        find_unused)`; its forward serves `fwd` within the phases that train it."""
+        trained = {name for phase in self.phases for name in phase.trains}
+        self._ddp = {name: wrap(net, self.ddp_find_unused) for name, net in self.nets.items() if name in trained}
+        self._phase_cache.clear()
+
+    def enter_phase(self, trains: tuple[str, ...]) -> None:
+        """The loop, before a phase's loss under torchrun: `fwd` serves DDP for the nets in `trains`."""
+        if self._ddp is None:
+            return
+        fwd = self._phase_cache.get(trains)
+        if fwd is None:
+            base = self.nets if self._compiled is None else self._compiled
+            fwd = {name: self._ddp[name] if name in trains and name in self._ddp else base[name] for name in self.nets}
+            self._phase_cache[trains] = fwd
+        self._phase_fwd = fwd
+
+    def leave_phase(self) -> None:
+        self._phase_fwd = None
 
     def describe(self) -> str:
         """One line for the console: what trains, and how."""

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ganlab.data.batches import to_unit_range
+from ganlab.distributed import local_batch
 from ganlab.errors import GanlabError
 from ganlab.losses import d_score_logs, get_loss
 from ganlab.models import cyclegan as cg
@@ -82,6 +83,7 @@ def identity_loss(x: Tensor, mapped: Tensor) -> Tensor:
 
 
 class CycleGAN(Objective):
+    samples_from_noise = False  # it translates images
     data_kinds = ("unpaired",)
     data_hint = ("translates between two image domains: use dataset=unpaired dataset.root_a=DIR dataset.root_b=DIR "
                  "(e.g. the folders scripts/fashion_domains.py writes).")
@@ -111,7 +113,7 @@ class CycleGAN(Objective):
         if pool < 0:
             raise GanlabError(f"model.pool_size={pool} is not valid: give the number of images kept (the paper: 50; 0: off).")
         self.pools = {"a": ImagePool(pool, tuple(source.shape), device), "b": ImagePool(pool, tuple(source.shape), device)}
-        self.device, self.batch = device, int(t.batch_size)
+        self.device, self.batch = device, local_batch(int(t.batch_size))
         self.phases = (Phase("G", "g", ("generator_ab", "generator_ba"), self.g_loss),
                        Phase("D", "d", ("discriminator_a", "discriminator_b"), self.d_loss))
         self.images_per_step = 2 * self.batch * 3  # per domain: a real and a fake through D, a fake through D in G

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from ganlab.data import masks as masklib
+from ganlab.distributed import local_batch
 from ganlab.errors import GanlabError
 from ganlab.losses import d_score_logs, get_loss
 from ganlab.metrics.restoration import hole_scores
@@ -95,6 +96,7 @@ def fill(g, x: Tensor, mask: Tensor, batch_size: int = 256) -> Tensor:
 
 
 class Inpaint(Objective):
+    samples_from_noise = False  # it fills holes in images
     data_kinds = ("image",)
     data_hint = ("needs images (it fills their holes): use mnist, fashion_mnist, cifar10, stacked_mnist or "
                  "image_folder.")
@@ -116,7 +118,7 @@ class Inpaint(Objective):
         self.ema = make_emas(tricks, self.nets, ["generator"])
         self.loss_fn, self.d_kw, self.g_kw = get_loss(cfg.loss)
         self.lambda_rec, self.lambda_adv = r["lambda_rec"], r["lambda_adv"]
-        self.device, self.batch, self.size = device, int(t.batch_size), tuple(source.shape[1:])
+        self.device, self.batch, self.size = device, local_batch(int(t.batch_size)), tuple(source.shape[1:])
         self.seed = int(cfg.seed)
         self.n_critic = int(t.n_critic)
         g_phase = Phase("G", "g", ("generator",), self.g_loss)

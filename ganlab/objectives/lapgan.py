@@ -16,7 +16,9 @@ from functools import partial
 import torch
 from torch import Tensor
 
+from ganlab import distributed
 from ganlab.data.sources import build_source
+from ganlab.distributed import local_batch
 from ganlab.errors import GanlabError
 from ganlab.losses import d_score_logs, get_loss, get_penalty
 from ganlab.models import generate, sample_z
@@ -57,7 +59,7 @@ class LapGAN(Objective):
         self.levels, self.top = len(gens), len(gens) - 1
         self.loss_fn, self.d_kw, self.g_kw = get_loss(cfg.loss)
         self.penalty, self.penalty_name = get_penalty(cfg.penalty), cfg.penalty.name
-        self.device, self.z_dim, self.batch = device, int(m.z_dim), int(t.batch_size)
+        self.device, self.z_dim, self.batch = device, int(m.z_dim), local_batch(int(t.batch_size))
         n_critic = int(t.n_critic)
         phases = []
         for k, (g, d) in enumerate(zip(gens, discs)):
@@ -91,7 +93,7 @@ class LapGAN(Objective):
         g = self.fwd[f"generator_{k}"]
         if k == self.top:
             return g(sample_z(n, self.z_dim, device=self.device), None, y)
-        return g(torch.randn(n, 1, *l.shape[2:], device=self.device), l, y)
+        return g(distributed.rows(torch.randn, n, 1, *l.shape[2:], device=self.device), l, y)
 
     def _batch(self, rt: Runtime):
         x, y = rt.next_batch()

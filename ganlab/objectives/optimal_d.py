@@ -26,6 +26,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ganlab import distributed
+from ganlab.distributed import local_batch
 from ganlab.errors import GanlabError
 from ganlab.losses import bce_d, gradient_penalty
 from ganlab.metrics.theory import Densities, expectation_points, theory_metrics
@@ -109,6 +111,7 @@ def check(cfg, source) -> None:
 
 
 class OptimalD(Objective):
+    samples_from_noise = False  # its G is fixed
     data_kinds = ("points",)
     data_hint = "trains D against a generator of known density: use a Gaussian mixture (dataset=mix1d, ring8 or grid25)."
 
@@ -116,7 +119,7 @@ class OptimalD(Objective):
         super().__init__()
         check(cfg, source)
         m, t = cfg.model, cfg.train
-        self.device, self.batch, self.gp = device, int(t.batch_size), float(m.critic_penalty)
+        self.device, self.batch, self.gp = device, local_batch(int(t.batch_size)), float(m.critic_penalty)
         self.nets = self.build_nets(cfg, source)
         for net in self.nets.values():
             net.to(device)
@@ -140,7 +143,7 @@ class OptimalD(Objective):
     def _pair(self, rt: Runtime) -> tuple[Tensor, Tensor]:
         real, _ = rt.next_batch()
         g = self.nets["generator"]
-        return real, g(torch.randn(self.batch, g.z_dim, device=self.device))
+        return real, g(distributed.rows(torch.randn, self.batch, g.z_dim, device=self.device))
 
     def d_loss(self, step: int, rt: Runtime):
         real, fake = self._pair(rt)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ganlab.data.sources import build_source
+from ganlab.distributed import local_batch
 from ganlab.errors import GanlabError
 from ganlab.losses import d_score_logs, get_loss, get_penalty
 from ganlab.models import generate, sample_z
@@ -103,6 +104,8 @@ def schedule_from(model_cfg, resolution: int) -> GrowthSchedule:
 
 
 class Progressive(Objective):
+    ddp_find_unused = True  # the layers of resolutions not grown yet (or left behind) take no part in a step
+
     def __init__(self, cfg, source, device: torch.device):
         super().__init__()
         m, t, tricks = cfg.model, cfg.train, cfg.tricks
@@ -141,7 +144,8 @@ class Progressive(Objective):
         graph for the whole fade), the float 1.0 otherwise (no blending at all)."""
         self.step = step
         res, alpha, batch = self.schedule.at(step)
-        return res, (torch.full((), alpha, device=self.device) if alpha < 1.0 else 1.0), batch
+        # the stage's batch is global (model.batch_sizes); under torchrun each rank trains on its share
+        return res, (torch.full((), alpha, device=self.device) if alpha < 1.0 else 1.0), local_batch(batch, "model.batch_sizes entry")
 
     def reals(self, x: Tensor, res: int, alpha) -> Tensor:
         """Real images at the current resolution, blended across the fade as G's output is."""
@@ -185,7 +189,7 @@ class Progressive(Objective):
 
     @property
     def images_per_step(self) -> int:
-        return self.schedule.at(max(self.step, 1))[2] * (2 * self.n_critic + 1)
+        return local_batch(self.schedule.at(max(self.step, 1))[2]) * (2 * self.n_critic + 1)  # this rank's
 
     # ---------------------------------------------------------------------- reporting, sampling
     def describe(self) -> str:

@@ -27,6 +27,8 @@ import math
 import torch
 from torch import Tensor
 
+from ganlab import distributed
+from ganlab.distributed import local_batch
 from ganlab.errors import GanlabError
 from ganlab.losses import d_score_logs, get_loss, get_penalty
 from ganlab.models import generate, sample_z
@@ -85,15 +87,17 @@ class StyleGAN(Objective):
         self.nets = {"generator": g, "discriminator": d}
         self.optimizers = {"g": opt_g, "d": opt_d}
         self.ema = make_emas(tricks, self.nets, ["generator"])
-        self.device, self.z_dim, self.n_critic, self.batch = device, int(m.z_dim), int(t.n_critic), int(t.batch_size)
+        self.device, self.z_dim, self.n_critic, self.batch = device, int(m.z_dim), int(t.n_critic), local_batch(int(t.batch_size))
         self.pl_batch = max(1, self.batch // max(1, int(m.pl_batch_shrink)))
         self.pl_mean = torch.zeros((), device=device)
         phases = [Phase("D", "d", ("discriminator",), self.d_loss, repeats=self.n_critic)]
         if self.lazy_r1:
-            phases.append(Phase("D_reg", "d", ("discriminator",), self.d_reg, every=self.r1_every))
+            phases.append(Phase("D_reg", "d", ("discriminator",), self.d_reg, every=self.r1_every,
+                                through_ddp=False))
         phases.append(Phase("G", "g", ("generator",), self.g_loss))
         if self.pl_weight > 0:
-            phases.append(Phase("G_reg", "g", ("generator",), self.g_reg, every=self.pl_every))
+            phases.append(Phase("G_reg", "g", ("generator",), self.g_reg, every=self.pl_every,
+                                through_ddp=False))
         self.phases = tuple(phases)
         self.images_per_step = self.batch * (2 * self.n_critic + 1)
         self.fixed_z = sample_z(int(t.n_samples), self.z_dim, torch.Generator().manual_seed(cfg.seed + 1)).to(device)
@@ -107,7 +111,7 @@ class StyleGAN(Objective):
         n_ws = self.nets["generator"].n_ws
         cutoff = torch.randint(1, n_ws, (), device=self.device)
         cutoff = torch.where(torch.rand((), device=self.device) < self.mixing_prob, cutoff, torch.full_like(cutoff, n_ws))
-        return {"mix_z": torch.randn_like(z), "mix_cutoff": cutoff}
+        return {"mix_z": distributed.randn_like_rows(z), "mix_cutoff": cutoff}
 
     def reals(self, x: Tensor) -> Tensor:
         return pad_border(x, self.pad)
@@ -154,7 +158,7 @@ class StyleGAN(Objective):
         z = sample_z(self.pl_batch, self.z_dim, device=self.device)
         ws = g.ws(z, **self._mixing(z))
         img = g.synthesis(ws)
-        y = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
+        y = distributed.randn_like_rows(img) / math.sqrt(img.shape[2] * img.shape[3])
         (grad,) = torch.autograd.grad((img * y).sum(), ws, create_graph=True)
         lengths = grad.square().sum(dim=2).mean(dim=1).sqrt()
         with torch.no_grad():
