@@ -36,7 +36,7 @@ def dataset_overrides(name: str, root: Path) -> list[str]:
     if name == "unpaired":
         return [f"dataset.root_a={root / 'unpaired' / 'a'}", f"dataset.root_b={root / 'unpaired' / 'b'}",
                 "dataset.resolution=32"]
-    if name in ("ring8", "grid25", "mix1d"):
+    if name in ("ring8", "grid25", "mix1d", "generated"):
         return []
     if name == "stacked_mnist":
         return [f"dataset.root={root}", "dataset.download=false", "dataset.size=512"]

@@ -18,6 +18,9 @@ from ganlab.train import train
 from conftest import REPO, compose, dataset_overrides
 
 
+SMALL_MLP = ["model.g_hidden=[64,64]", "model.d_hidden=[64,64]"]  # the 2D recipes' nets, small: the same code paths
+
+
 def _few_steps(tmp_path, *overrides):
     cfg = compose("device=cpu", "train.steps=4", "train.batch_size=16", "train.progress=none", "train.log_every=2",
                   "train.sample_every=4", "train.num_workers=0", "model.width=8", *overrides)
@@ -49,12 +52,12 @@ def test_an_fp16_overflow_the_grad_scaler_absorbs_is_no_divergence(penalty, data
 def test_a_real_divergence_under_fp16_is_still_caught(tmp_path):
     with pytest.raises(GanlabError, match="diverged"):
         _few_steps(tmp_path, "model=gan", "dataset=ring8", "loss=least_squares", "optimizer.lr=1e6", "train.amp=fp16",
-                   "train.steps=200", "train.log_every=5", "train.ckpt_every=1000")
+                   "train.steps=200", "train.log_every=5", "train.ckpt_every=1000", *SMALL_MLP)
 
 
 @pytest.mark.parametrize("model", ["gan", "wgan_gp"])
 def test_compile_gives_finite_losses(model, tmp_path):
-    result = _few_steps(tmp_path, f"model={model}", "dataset=ring8", "train.compile=true", "train.amp=bf16")
+    result = _few_steps(tmp_path, f"model={model}", "dataset=ring8", "train.compile=true", "train.amp=bf16", *SMALL_MLP)
     assert result["step"] == 4 and math.isfinite(result["Loss/D"]) and math.isfinite(result["Loss/G"])
 
 
@@ -86,8 +89,8 @@ def _ganlab_host_syncs(monkeypatch) -> list:
 
 @pytest.mark.parametrize("recipe", [
     ["model=gan", "dataset=ring8", "tricks.noisy_labels=true", "tricks.flip_labels=0.1", "tricks.instance_noise=0.1",
-     "tricks.ema=0.99", "train.lr_decay_from=0.5"],
-    ["model=wgan", "dataset=ring8"],  # weight clipping, n_critic 5, RMSprop
+     "tricks.ema=0.99", "train.lr_decay_from=0.5", *SMALL_MLP],
+    ["model=wgan", "dataset=ring8", *SMALL_MLP],  # weight clipping, n_critic 5, RMSprop
     ["model=wgan_gp", "dataset=mnist", "model.width=8"],  # gradient penalty on images
     ["model=dcgan", "dataset=mnist", "model.width=8", "train.amp=fp16"],  # grad scaler + fused Adam
 ], ids=["gan-tricks", "wgan", "wgan_gp", "dcgan-fp16"])

@@ -42,9 +42,10 @@ def check_not_labelled(metrics) -> None:
                           f"`ganlab eval target=RUN_DIR metrics=[{labelled[0]}]` (conditional models), not during training.")
 
 
-# feature spaces samples are scored in (ganlab.metrics.scorer): auto, Inception (local weights),
-# ganlab's classifier, raw pixels
-FEATURES = ("auto", "inception", "classifier", "pixels")
+# feature spaces samples are scored in (ganlab.metrics.scorer): auto, torchvision's Inception (local weights),
+# the TF FID Inception through torch-fidelity (local weights: the numbers papers publish), ganlab's classifier,
+# raw pixels
+FEATURES = ("auto", "inception", "inception_fid", "classifier", "pixels")
 
 __all__ = ["FEATURES", "METRICS", "Metric", "check_not_labelled", "class_histogram", "fd", "frechet_distance",
            "gaussian_stats", "inception_score", "kid", "mixture_metrics", "prdc"]

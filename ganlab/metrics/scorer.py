@@ -19,6 +19,9 @@ from ganlab.errors import GanlabError
 from ganlab.metrics import FEATURES, METRICS, check_not_labelled, inception_score, mixture_metrics
 
 TORCHVISION_INCEPTION = "inception_v3_google-0cc3c7bd.pth"
+# the TF FID Inception (2015-12-05) as torch-fidelity ships it: what published FID/IS/KID numbers are made with
+FID_INCEPTION = "weights-inception-2015-12-05-6726825d.pth"
+FID_INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{FID_INCEPTION}"
 
 
 def _sha256(path: Path) -> str:
@@ -75,15 +78,68 @@ def inception_features(weights: str | None, device: torch.device):
                      "grayscale_to_rgb": "channel repeated 3x", "normalisation": "ImageNet mean/std"}
 
 
+def fid_inception_features(weights: str | None, device: torch.device):
+    """(extract(x in [-1, 1]) -> (N x 2048 pool3 features, N x 1008 class probabilities), protocol) of the TF FID
+    Inception through torch-fidelity, which reproduces the TF reference numbers (its TF-compatible bilinear
+    resize to 299, uint8 input, the 2015-12-05 graph's weights): the feature space of published FIDs, ISs, KIDs.
+    Weights from a local file only: `inception_weights=PATH`, else torch-fidelity's own cache (torch hub)."""
+    try:
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    except ImportError:
+        raise GanlabError("features=inception_fid needs torch-fidelity (pip install torch-fidelity); or score with "
+                          "features=classifier or pixels.") from None
+    candidates = [Path(weights).expanduser()] if weights else []
+    candidates.append(Path(torch.hub.get_dir()) / "checkpoints" / FID_INCEPTION)
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        raise GanlabError(
+            "the FID Inception weights are not available offline (looked for " + ", ".join(str(p) for p in candidates)
+            + f"). Download {FID_INCEPTION_URL} on a connected machine and copy it to "
+            f"{candidates[-1]} (torch-fidelity's cache), or pass inception_weights=PATH (eval.inception_weights=PATH "
+            "in training); or score with features=classifier (labelled datasets) or features=pixels.")
+    try:
+        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
+                                          feature_extractor_weights_path=str(path)).to(device)
+    except Exception as exc:
+        raise GanlabError(f"{path} is not the FID Inception's weights in torch-fidelity's format ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:160] if str(exc) else ''}); give {FID_INCEPTION} with "
+                          "inception_weights=PATH.") from None
+
+    @torch.no_grad()
+    def extract(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats, probs = [], []
+        for chunk in x.split(100):
+            chunk = to_uint8_rgb(chunk).to(device)
+            pool, logits = net(chunk)
+            feats.append(pool.double().cpu())
+            probs.append(logits.double().softmax(1).cpu())  # IS from the unbiased logits, as torch-fidelity's
+        return torch.cat(feats), torch.cat(probs)
+
+    import torch_fidelity
+
+    return extract, {"features": "TF FID Inception (2015-12-05) pool3, 2048-d, through torch-fidelity "
+                     f"{torch_fidelity.__version__} (inception-v3-compat): comparable with published FIDs, ISs, KIDs",
+                     "weights": str(path), "weights_sha256": _sha256(path),
+                     "resize": "TensorFlow-1.x-compatible bilinear to 299x299 from uint8",
+                     "grayscale_to_rgb": "channel repeated 3x", "normalisation": "(x - 128) / 128 in the graph"}
+
+
+def to_uint8_rgb(x: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] as what image files hold: uint8, 3 channels (grey repeated), as FID tools read them."""
+    x = ((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return x.repeat(1, 3, 1, 1) if x.shape[1] == 1 else x
+
+
 def resolve_features(features: str, source, inception_weights) -> str:
-    """auto: 2D coordinates for points; for images Inception when its weights are given, else ganlab's
-    classifier for labelled in-memory datasets, else raw pixels."""
+    """auto: 2D coordinates for points; for images Inception when its weights are given (the FID Inception for
+    torch-fidelity's file, else torchvision's), else ganlab's classifier for labelled in-memory datasets, else
+    raw pixels."""
     if features != "auto":
         return features
     if source.kind == "points":
         return "coordinates"
     if inception_weights:
-        return "inception"
+        return "inception_fid" if Path(str(inception_weights)).name == FID_INCEPTION else "inception"
     return "classifier" if source.in_memory and source.num_classes else "pixels"
 
 
@@ -99,6 +155,8 @@ class Scorer:
         features = resolve_features(features, source, inception_weights)
         if features == "inception":
             self.extract, info = inception_features(inception_weights, device)
+        elif features == "inception_fid":
+            self.extract, info = fid_inception_features(inception_weights, device)
         elif features == "classifier":
             from ganlab.metrics.classifier import classifier_features
 
@@ -109,7 +167,7 @@ class Scorer:
                     "weights_sha256": None, "resize": "none", "grayscale_to_rgb": "none"}
         else:
             raise GanlabError(f"features={features} is not valid: use {', '.join(FEATURES)}.")
-        has_probs = features in ("inception", "classifier")
+        has_probs = features in ("inception", "inception_fid", "classifier")
         if metrics in ("auto", None):
             metrics = [m for m, spec in METRICS.items() if spec.needs == "features" or (has_probs and spec.needs == "probs")]
         metrics = list(metrics)
