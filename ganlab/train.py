@@ -576,7 +576,8 @@ class _Run:
         if self.last_ckpt_step and (self.ckpt_dir / "last.pt").is_file():
             state, where = load_checkpoint(self.ckpt_dir / "last.pt"), f"checkpoint step {self.last_ckpt_step}"
         else:
-            state, where = torch.load(io.BytesIO(self._initial_state), weights_only=True), "the start (step 0)"
+            self._initial_state.seek(0)
+            state, where = torch.load(self._initial_state, weights_only=True), "the start (step 0)"
         keep = self.health.state_dict(), dict(self.best), self.rollbacks + 1, self.lr_scale * float(t.rollback_lr_factor)
         self.restore(state)
         self.health.load_state_dict(keep[0])
@@ -589,6 +590,17 @@ class _Run:
         self.report_health(bad, [self.health.rollback(bad, msg)])
         self.monitor.writer.add_scalar("Health/rollbacks", float(self.rollbacks), bad)
         return self.start_step
+
+    def _stop_now(self, step: int, final: bool, stop: _StopSignals, t_start: float, log_every: int) -> tuple[bool, bool]:
+        """(stop after this step, because the time budget ran out): on a signal or train.max_minutes; under
+        torchrun the ranks decide together, on logging steps, so that all stop at the same step."""
+        out_of_time = self.budget_s is not None and time.monotonic() - t_start >= self.budget_s
+        if self.dist.world == 1:
+            return stop.received is not None or out_of_time, out_of_time
+        if step % log_every or final:
+            return False, False
+        signalled, out_of_time = (bool(v) for v in distributed.agree([float(stop.received is not None), float(out_of_time)]))
+        return signalled or out_of_time, out_of_time
 
     def _final_words(self) -> str:
         """The final scores in a few words (2D data: the modes found, as the papers count them)."""
@@ -607,16 +619,14 @@ class _Run:
         steps_total, log_every, sample_every, ckpt_every = int(t.steps), int(t.log_every), int(t.sample_every), int(t.ckpt_every)
         decay_from = None if t.lr_decay_from is None else float(t.lr_decay_from)
         eval_every = int(cfg.eval.every or 0) if self.scorer is not None else 0
-        budget_s = self.budget_s
         self.last_ckpt_step = self.start_step
         step = last_log_step = self.start_step
         # the clocks start here: the wall-clock budget and steps/s count training, not the set-up
         t_start = last_log_t = time.monotonic()
         self.monitor.start_clock()
         if self.rollback_on and not self.start_step:  # train.on_nan=rollback before the first checkpoint: the start
-            buf = io.BytesIO()
-            torch.save(self.training_state(0), buf)
-            self._initial_state = buf.getvalue()
+            self._initial_state = io.BytesIO()
+            torch.save(self.training_state(0), self._initial_state)
         with _StopSignals() as stop:
             try:
                 while step < steps_total:
@@ -627,15 +637,7 @@ class _Run:
                     try:
                         self.train_step(step)
                         self.monitor.tick(step)
-                        out_of_time = budget_s is not None and time.monotonic() - t_start >= budget_s
-                        stopping = stop.received is not None or out_of_time
-                        if self.dist.world > 1:  # the ranks stop together: they agree on logging steps
-                            stopping = out_of_time = False
-                            if step % log_every == 0 and not final:
-                                signalled, out_of_time = (bool(v) for v in distributed.agree(
-                                    [float(stop.received is not None), float(budget_s is not None and
-                                                                              time.monotonic() - t_start >= budget_s)]))
-                                stopping = signalled or out_of_time
+                        stopping, out_of_time = self._stop_now(step, final, stop, t_start, log_every)
                         if step % log_every == 0 or final or stopping:
                             now = time.monotonic()
                             self.log_window(step, (step - last_log_step) / max(now - last_log_t, 1e-9))

@@ -45,6 +45,11 @@ def digits_root(tmp_path_factory):
     return root
 
 
+# 16 px: the classifier's recipe is fixed (400 steps of batch 128), so the tests that train it keep the images
+# small (4x less work than 28 px); one classifier of these digits at 16 px serves the tests of this file
+RES = 16
+
+
 def _cached(root):
     return sorted((root / "MNIST" / "raw").glob("ganlab-classifier-*.pt"))
 
@@ -53,10 +58,10 @@ def test_the_classifier_is_trained_once_cached_beside_the_data_and_recognises_re
     from ganlab.data.sources import IdxSource
     from ganlab.metrics.classifier import classifier_features
 
-    src = IdxSource("mnist", "MNIST", digits_root, download=False)
+    src = IdxSource("mnist", "MNIST", digits_root, download=False, resolution=RES)
     extract, info = classifier_features(src, torch.device("cpu"))
     files = _cached(digits_root)
-    assert len(files) == 1 and info["weights"] == str(files[0])
+    assert len(files) == 1 and info["weights"] == str(files[0]) and f"-{RES}px-" in files[0].name
     assert info["classifier_held_out_accuracy"] > 0.9  # the generated strokes are easy to tell apart
     x, y = src.load()
     feats, probs = extract(x.float() / 127.5 - 1)
@@ -73,9 +78,9 @@ def test_a_corrupt_cached_classifier_is_retrained(digits_root, tmp_path, caplog)
     from ganlab.data.sources import IdxSource
     from ganlab.metrics.classifier import classifier_features
 
-    classifier_features(IdxSource("mnist", "MNIST", digits_root, download=False), torch.device("cpu"))
+    classifier_features(IdxSource("mnist", "MNIST", digits_root, download=False, resolution=RES), torch.device("cpu"))
     shutil.copytree(digits_root / "MNIST", tmp_path / "MNIST")  # the data and its cached classifier
-    src = IdxSource("mnist", "MNIST", tmp_path, download=False)
+    src = IdxSource("mnist", "MNIST", tmp_path, download=False, resolution=RES)
     path = _cached(tmp_path)[0]
     path.write_bytes(b"not a checkpoint")
     with caplog.at_level("WARNING", logger="ganlab"):
@@ -205,7 +210,7 @@ def test_stacked_mnist_modes_are_counted_with_the_mnist_classifier(digits_root):
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.load("conf/dataset/stacked_mnist.yaml")
-    cfg.root, cfg.download, cfg.size = str(digits_root), False, 4000
+    cfg.root, cfg.download, cfg.size, cfg.resolution = str(digits_root), False, 4000, RES  # the file's classifier
     source, real, hist = real_samples(cfg, 4000, seed=0)
     assert int(hist.sum()) == 4000 and len(hist) == 1000
     scorer = Scorer(source, real, "auto", device=torch.device("cpu"), real_hist=hist)
@@ -224,10 +229,10 @@ def test_eval_with_the_classifier_on_mnist_samples(tmp_path):
     make_idx(tmp_path / "data", n=400)
     from ganlab.data.synthetic import digit_like
 
-    imgs, _ = digit_like(300, seed=9)
+    imgs, _ = digit_like(300, size=RES, seed=9)
     np.savez(tmp_path / "x.npz", arr_0=imgs[..., None])
     out = run_cli("eval", f"target={tmp_path / 'x.npz'}", "dataset=mnist", f"dataset.root={tmp_path / 'data'}",
-                  "dataset.download=false", "n=300", cwd=tmp_path)
+                  "dataset.download=false", f"dataset.resolution={RES}", "n=300", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     rec = json.loads((tmp_path / "x.metrics.json").read_text())
     m, p = rec["metrics"], rec["protocol"]
@@ -237,5 +242,6 @@ def test_eval_with_the_classifier_on_mnist_samples(tmp_path):
     assert p["classifier_held_out_accuracy"] > 0.8 and p["metrics"] == ["fd", "kid", "prdc", "is", "classes"]
     # pixels give no class probabilities: asking for IS there is one clear error
     bad = run_cli("eval", f"target={tmp_path / 'x.npz'}", "dataset=mnist", f"dataset.root={tmp_path / 'data'}",
-                  "dataset.download=false", "n=300", "features=pixels", "metrics=[fd,is]", cwd=tmp_path)
+                  "dataset.download=false", f"dataset.resolution={RES}", "n=300", "features=pixels", "metrics=[fd,is]",
+                  cwd=tmp_path)
     assert bad.returncode == 2 and "need class probabilities" in bad.stderr and "Traceback" not in bad.stderr
