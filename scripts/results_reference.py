@@ -130,7 +130,7 @@ def run_ganlab(name: str, overrides: list[str], root: Path, work: Path, minutes:
         raise SystemExit(f"{' '.join(cmd)} failed ({rc})")
     status = json.loads((run / "status.json").read_text())
     return {"g_steps": status["step"], "wall_s": status["wall_s"],
-            **evaluate(run, root, n, work / f"ganlab-{name}-eval.log"), "command": " ".join(cmd[2:])}
+            **evaluate(run, root, n, work / f"ganlab-{name}-eval.log"), "command": " ".join(cmd[3:])}
 
 
 def evaluate(target: Path, root: Path, n: int, log: Path) -> dict:
