@@ -192,7 +192,10 @@ def main() -> None:
         "(`train.max_minutes`). Both sets of 10,000 samples are scored by `ganlab eval` in the feature space of "
         "ganlab's MNIST classifier (FD of its features, classes hit by its argmax), against the 5,000 real digits. "
         f"The scripts' samples are drawn in batches of 64 in train mode (as their grids) and in eval mode; the better "
-        f"is shown ({modes}).", "", *table, "", f"ganlab's commands: {commands}.", "", END, ""])
+        f"is shown ({modes}).", "", *table, "", f"ganlab's commands: {commands}.", "",
+        "wgan_gp runs at conv width 32 since this comparison (README, \"Quality per CPU second\": width 64 made "
+        "299 G steps and FD 795 in the same 3 minutes); section 3's wgan_gp rows on mnist and stacked_mnist were "
+        "made at width 64.", "", END, ""])
     print(section)
     if not args.no_doc:
         write_section(BEGIN, END, section)
