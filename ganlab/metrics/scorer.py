@@ -32,14 +32,19 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _local_weights(weights: str | None, file_name: str) -> tuple[Path | None, list[Path]]:
+    """(the first file that exists, every place looked): the user's path, then torch hub's checkpoint cache."""
+    candidates = [Path(weights).expanduser()] if weights else []
+    candidates.append(Path(torch.hub.get_dir()) / "checkpoints" / file_name)
+    return next((p for p in candidates if p.is_file()), None), candidates
+
+
 def inception_features(weights: str | None, device: torch.device):
     """(extract(x in [-1, 1]) -> (N x 2048 pool features, N x 1000 class probabilities), protocol),
     from LOCAL weights only."""
     import torchvision
 
-    candidates = [Path(weights).expanduser()] if weights else []
-    candidates.append(Path(torch.hub.get_dir()) / "checkpoints" / TORCHVISION_INCEPTION)
-    path = next((p for p in candidates if p.is_file()), None)
+    path, candidates = _local_weights(weights, TORCHVISION_INCEPTION)
     if path is None:
         raise GanlabError(
             "Inception weights are not available offline (looked for " + ", ".join(str(p) for p in candidates)
@@ -88,9 +93,7 @@ def fid_inception_features(weights: str | None, device: torch.device):
     except ImportError:
         raise GanlabError("features=inception_fid needs torch-fidelity (pip install torch-fidelity); or score with "
                           "features=classifier or pixels.") from None
-    candidates = [Path(weights).expanduser()] if weights else []
-    candidates.append(Path(torch.hub.get_dir()) / "checkpoints" / FID_INCEPTION)
-    path = next((p for p in candidates if p.is_file()), None)
+    path, candidates = _local_weights(weights, FID_INCEPTION)
     if path is None:
         raise GanlabError(
             "the FID Inception weights are not available offline (looked for " + ", ".join(str(p) for p in candidates)
