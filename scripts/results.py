@@ -49,14 +49,15 @@ def write_section(begin: str, end: str, section: str) -> Path:
     return doc
 
 
-def run_ganlab(args: list[str], log: Path) -> float:
-    """`python -m ganlab ARGS` (one thread, no stdin), its output in `log`; its wall time in seconds, or
-    the script stops naming the command and the log."""
+def run_ganlab(args: list[str], log: Path, one_thread: bool = True) -> float:
+    """`python -m ganlab ARGS` (one thread unless one_thread=False, no stdin), its output in `log`; its wall time
+    in seconds, or the script stops naming the command and the log."""
     cmd = [sys.executable, "-m", "ganlab", *args]
     t0 = time.monotonic()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"} if one_thread else None
     with open(log, "w") as fh:
         rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, stdin=subprocess.DEVNULL,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode
+                            env=env).returncode
     if rc != 0:
         raise SystemExit(f"failed ({rc}): {' '.join(cmd)} (see {log})")
     return time.monotonic() - t0

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import REPO, write_section  # noqa: E402
+from results import REPO, run_ganlab as ganlab, write_section  # noqa: E402
 
 BEGIN, END = "<!-- results_reference.py: begin -->", "<!-- results_reference.py: end -->"
 # reference script -> (ganlab's documented command for the same recipe, what to say)
@@ -120,28 +120,21 @@ def run_ganlab(name: str, overrides: list[str], root: Path, work: Path, minutes:
     run = work / "ganlab" / name
     if run.exists():
         shutil.rmtree(run)
-    cmd = [sys.executable, "-m", "ganlab", "train", *overrides, "dataset=mnist", f"dataset.root={root}",
-           "dataset.download=false", "device=cpu", f"train.max_minutes={minutes}", "train.steps=100000000",
-           "train.log_every=200", "train.sample_every=100000000", "train.ckpt_every=100000000",
-           "train.progress=plain", f"hydra.run.dir={run}"]
-    with open(work / f"ganlab-{name}.log", "w") as fh:
-        rc = subprocess.run(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
-    if rc != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({rc})")
+    args = ["train", *overrides, "dataset=mnist", f"dataset.root={root}", "dataset.download=false", "device=cpu",
+            f"train.max_minutes={minutes}", "train.steps=100000000", "train.log_every=200",
+            "train.sample_every=100000000", "train.ckpt_every=100000000", "train.progress=plain",
+            f"hydra.run.dir={run}"]
+    ganlab(args, work / f"ganlab-{name}.log", one_thread=False)  # torch's own threads, as the reference's
     status = json.loads((run / "status.json").read_text())
     return {"g_steps": status["step"], "wall_s": status["wall_s"],
-            **evaluate(run, root, n, work / f"ganlab-{name}-eval.log"), "command": " ".join(cmd[3:])}
+            **evaluate(run, root, n, work / f"ganlab-{name}-eval.log"), "command": " ".join(args)}
 
 
 def evaluate(target: Path, root: Path, n: int, log: Path) -> dict:
     """ganlab eval: classifier FD, score and classes of n samples against the real digits."""
     out = log.with_suffix(".metrics.json")
-    cmd = [sys.executable, "-m", "ganlab", "eval", f"target={target}", "dataset=mnist", f"dataset.root={root}",
-           "dataset.download=false", f"n={n}", "features=classifier", "metrics=[fd,is,classes]", f"out={out}"]
-    with open(log, "w") as fh:
-        rc = subprocess.run(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
-    if rc != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({rc}); see {log}")
+    ganlab(["eval", f"target={target}", "dataset=mnist", f"dataset.root={root}", "dataset.download=false", f"n={n}",
+            "features=classifier", "metrics=[fd,is,classes]", f"out={out}"], log, one_thread=False)
     m = json.loads(out.read_text())["metrics"]
     return {"fd": m["fd"], "score": m["is"], "classes": int(m["classes_captured"]), "class_kl": m.get("class_kl")}
 
