@@ -623,6 +623,7 @@ class _Run:
         step = last_log_step = self.start_step
         # the clocks start here: the wall-clock budget and steps/s count training, not the set-up
         t_start = last_log_t = time.monotonic()
+        cpu_start = time.process_time()  # this process's CPU time (every thread): what a CPU budget costs
         self.monitor.start_clock()
         if self.rollback_on and not self.start_step:  # train.on_nan=rollback before the first checkpoint: the start
             self._initial_state = io.BytesIO()
@@ -681,7 +682,7 @@ class _Run:
             rolled = f" ({self.rollbacks} rollback(s), lrs x{self.lr_scale:.3g})" if self.rollbacks else ""
             log.info(f"done: step {step} in {elapsed:.1f}s{rolled}{self._final_words()}\n  run dir: {self.run_dir}\n"
                      f"  TensorBoard: tensorboard --logdir {self.run_dir / 'tb'}")
-        result = {"step": step, "wall_s": elapsed,
+        result = {"step": step, "wall_s": elapsed, "cpu_s": time.process_time() - cpu_start,
                   **{k: v for k, v in self.last.items() if k.startswith(("Loss/", "D/", "Perf/", "Metrics/"))}}
         if self.skip_nan:
             result["skipped_updates"] = self.skipped

@@ -148,6 +148,7 @@ def main() -> None:
     ap.add_argument("--pairs", nargs="+", default=list(PAIRS), choices=list(PAIRS))
     ap.add_argument("--work", type=Path, default=REPO / "outputs" / "results-reference")
     ap.add_argument("--no-doc", action="store_true", help="print the table only")
+    ap.add_argument("--note", default="", help="a paragraph under the table (conditions, later re-measurements)")
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -186,9 +187,7 @@ def main() -> None:
         "ganlab's MNIST classifier (FD of its features, classes hit by its argmax), against the 5,000 real digits. "
         f"The scripts' samples are drawn in batches of 64 in train mode (as their grids) and in eval mode; the better "
         f"is shown ({modes}).", "", *table, "", f"ganlab's commands: {commands}.", "",
-        "wgan_gp runs at conv width 32 since this comparison (README, \"Quality per CPU second\": width 64 made "
-        "299 G steps and FD 795 in the same 3 minutes); section 3's wgan_gp rows on mnist and stacked_mnist were "
-        "made at width 64.", "", END, ""])
+        *([args.note, ""] if args.note else []), END, ""])
     print(section)
     if not args.no_doc:
         write_section(BEGIN, END, section)

@@ -19,7 +19,10 @@ def test_the_readme_demo_ends_in_a_visible_success_and_says_where_to_look(tmp_pa
     run = tmp_path / "demo"
     out = run_cli(*demo, f"hydra.run.dir={run}", cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
-    metrics = json.loads((run / "status.json").read_text())["metrics"]
+    status = json.loads((run / "status.json").read_text())
+    metrics = status["metrics"]
+    # what the run cost: the training loop's wall and CPU time (every thread of the process) beside the job's
+    assert 0 < status["train_cpu_s"] and 0 < status["train_wall_s"] <= status["wall_s"], status
     assert metrics["Metrics/modes_captured_strict"] == 8 and metrics["Metrics/high_quality"] >= 0.8, metrics
     last = out.stdout.strip().splitlines()[-3:]
     assert re.search(r"done: step \d+ in [\d.]+s: 8 of 8 modes \(8 with >= 1% of the samples\), \d+\.\d% of samples", last[0])

@@ -15,7 +15,7 @@ from ganlab.errors import GanlabError
 from conftest import DATASETS, LOSSES, MODELS, REPO, compose, offline_env, run_cli
 
 GROUPS = {g: sorted(p.stem for p in (REPO / "conf" / g).glob("*.yaml"))
-          for g in ("dataset", "model", "loss", "optimizer", "penalty", "experiment", "debug")}
+          for g in ("dataset", "model", "loss", "optimizer", "penalty", "experiment", "debug", "model_dataset")}
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
@@ -45,6 +45,18 @@ def test_experiments_hold_whole_recipes_and_the_command_line_still_wins():
     cfg = compose("experiment=grid25", "train.steps=10", "penalty.weight=2", "loss=hinge")
     assert cfg.train.steps == 10 and cfg.penalty.weight == 2 and cfg.loss.name == "hinge"
     assert cfg.dataset.name == "grid25" and cfg.model.z_dim == compose("experiment=grid25").model.z_dim
+
+
+def test_the_stacked_mnist_recipe_is_scored_by_the_veegan_pacgan_protocol():
+    assert "stacked_mnist" in GROUPS["experiment"]
+    cfg = compose("experiment=stacked_mnist")
+    assert cfg.dataset.name == "stacked_mnist" and cfg.dataset.num_classes == 1000
+    assert cfg.model.name == "dcgan" and cfg.model.conditional is False  # unconditional, as the benchmark is
+    assert cfg.loss.name == "hinge" and cfg.tricks.ema > 0
+    assert cfg.train.max_minutes == 30 and cfg.train.steps > 0
+    assert cfg.eval.n == 26000 and "classes" in cfg.eval.metrics and cfg.eval.features == "classifier"
+    assert cfg.eval.every == cfg.train.steps  # scored once, at the end
+    assert compose("experiment=stacked_mnist", "train.steps=10").eval.every == 10
 
 
 def test_wgan_gp_recipe_has_the_paper_defaults():

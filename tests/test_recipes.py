@@ -60,6 +60,21 @@ def test_every_family_has_its_paper_defaults():
             assert OmegaConf.select(cfg, key) == value, (family, key)
 
 
+def test_a_family_dataset_specialization_changes_only_how_the_work_is_done():
+    """conf/model_dataset/<model>_<dataset>.yaml: wgan_gp's batch 32 on 28 px grey images; the paper's loss,
+    penalty, n_critic and Adam stay; other datasets and families keep batch 64; the command line still wins."""
+    base = compose("model=wgan_gp", "dataset=ring8")
+    for dataset in ("mnist", "fashion_mnist"):
+        cfg = compose("model=wgan_gp", f"dataset={dataset}")
+        assert cfg.train.batch_size == 32, dataset
+        for key in ("loss", "penalty", "optimizer", "train.n_critic", "model"):
+            assert OmegaConf.select(cfg, key) == OmegaConf.select(base, key), (dataset, key)
+    assert base.train.batch_size == 64
+    assert compose("model=wgan_gp", "dataset=cifar10").train.batch_size == 64
+    assert compose("model=dcgan", "dataset=mnist").train.batch_size == 64
+    assert compose("model=wgan_gp", "dataset=mnist", "train.batch_size=64").train.batch_size == 64
+
+
 @pytest.mark.parametrize("family", ["wgan", "sngan", "lsgan"])
 def test_cfg_job_on_the_cli_shows_the_recipe(family, tmp_path):
     import yaml
