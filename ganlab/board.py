@@ -8,6 +8,7 @@ reached through an ssh tunnel, 127.0.0.1 is still the right choice: `ssh -L 6006
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import socket
 import sys
@@ -68,4 +69,7 @@ def main(argv: list[str]) -> int:
         pass
     print("ganlab board: stopped", flush=True)
     sys.stdout.flush()
-    return 0
+    sys.stderr.flush()
+    # TensorBoard's server and reload threads may still hold a connection or a read (a browser's keep-alive, an
+    # event file being loaded): the interpreter's exit would wait on them, so Ctrl-C ends the process here
+    os._exit(0)
