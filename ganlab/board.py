@@ -68,7 +68,6 @@ def main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         pass
     print("ganlab board: stopped", flush=True)
-    sys.stdout.flush()
     sys.stderr.flush()
     # TensorBoard's server and reload threads may still hold a connection or a read (a browser's keep-alive, an
     # event file being loaded): the interpreter's exit would wait on them, so Ctrl-C ends the process here

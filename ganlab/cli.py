@@ -221,7 +221,7 @@ def _train_task(cfg):
     status = "interrupted" if result.get("stopped_by") else "ok"
     metrics = {k: v for k, v in result.items() if "/" in k}
     write_status(run_dir, status=status, step=result["step"], wall_s=time.monotonic() - t0, metrics=metrics,
-                 train_wall_s=result["wall_s"], train_cpu_s=result.get("cpu_s"), ended=time.time())
+                 train_wall_s=result["wall_s"], train_cpu_s=result["cpu_s"], ended=time.time())
     return _recorded_result(cfg, {"metrics": metrics}, result, optimizing)
 
 
