@@ -98,6 +98,17 @@ def validate(cfg: DictConfig) -> None:
     if m.init_std is not None:
         _positive(m.init_std, "model.init_std", integer=False)
     _positive(m.minibatch_stddev, "model.minibatch_stddev", allow_zero=True)
+    _positive(m.pack, "model.pack")
+    if m.pack > 1:
+        if m.objective != "adversarial":
+            raise GanlabError(f"model.pack={m.pack} is for the one-G-one-D families (model.objective=adversarial); "
+                              f"model={m.name} trains with objective {m.objective}: set model.pack=1.")
+        if m.conditional:
+            raise GanlabError(f"model.pack={m.pack} packs unlabelled samples: a conditional D judges one sample and "
+                              "its label. Set model.conditional=false or model.pack=1.")
+        if t.batch_size % m.pack:
+            raise GanlabError(f"model.pack={m.pack} needs train.batch_size divisible by it (got {t.batch_size}); "
+                              f"e.g. train.batch_size={max(m.pack, t.batch_size // m.pack * m.pack)}.")
     _positive(m.embed_dim, "model.embed_dim")
     for key in ("spectral_norm", "conditional"):
         if not isinstance(m[key], bool):
@@ -143,6 +154,11 @@ def validate(cfg: DictConfig) -> None:
     _positive(tr.instance_noise, "tricks.instance_noise", integer=False, allow_zero=True)
     if tr.instance_noise_anneal_steps is not None:
         _positive(tr.instance_noise_anneal_steps, "tricks.instance_noise_anneal_steps")
+    from ganlab.tricks import parse_diff_augment
+
+    if parse_diff_augment(tr.get("diff_augment")) and m.objective != "adversarial":
+        raise GanlabError(f"tricks.diff_augment is for the one-G-one-D families (model.objective=adversarial); "
+                          f"model={m.name} trains with objective {m.objective}: set tricks.diff_augment=null.")
     if not isinstance(tr.noisy_labels, bool):
         raise GanlabError(f"tricks.noisy_labels={tr.noisy_labels!r} is not valid: use true or false.")
 

@@ -54,6 +54,67 @@ def add_instance_noise(x: torch.Tensor, std: float) -> torch.Tensor:
     return x if std <= 0 else x + std * distributed.randn_like_rows(x)
 
 
+DIFF_AUGMENT = ("color", "translation", "cutout")
+
+
+def parse_diff_augment(policy) -> tuple[str, ...]:
+    """tricks.diff_augment (a list such as [translation,cutout], a "translation,cutout" string, or null) -> the
+    ops in DiffAugment's order."""
+    if policy is None or policy == "" or policy is False:
+        return ()
+    ops = [p.strip() for p in policy.split(",")] if isinstance(policy, str) else [str(p) for p in policy]
+    unknown = [op for op in ops if op not in DIFF_AUGMENT]
+    if unknown or not ops:
+        raise GanlabError(f"tricks.diff_augment={policy!r}: {', '.join(unknown) or 'empty'} is not an op; use a "
+                          f"subset of [{','.join(DIFF_AUGMENT)}] (e.g. tricks.diff_augment=[translation,cutout]), "
+                          "or null.")
+    return tuple(op for op in DIFF_AUGMENT if op in ops)
+
+
+def diff_augment(x: torch.Tensor, ops: tuple[str, ...], generator: torch.Generator | None = None) -> torch.Tensor:
+    """DiffAugment (Zhao et al. 2020): the same kind of random, differentiable augmentation applied to every
+    image D sees, real and fake, in D's and in G's step, so D cannot memorise a small training set and G's
+    gradient passes through the augmentation. The official code's ops and magnitudes, per sample:
+    - color: brightness + U(-0.5, 0.5), saturation x U(0, 2) about the channel mean, contrast x U(0.5, 1.5)
+      about the image mean (channels are mixed: not for data whose channels are independent, e.g. stacked_mnist);
+    - translation: an integer shift of up to 1/8 of the size on each axis, zeros shifted in;
+    - cutout: a square of half the size, anywhere (clipped at the border), set to 0.
+    x: N x C x H x W in [-1, 1]."""
+    if not ops:
+        return x
+    n, _, h, w = x.shape
+    u = (lambda *shape: torch.rand(n, *shape, generator=generator, device=x.device)) if generator is not None else (
+        lambda *shape: distributed.rows(torch.rand, n, *shape, device=x.device))
+    if "color" in ops:
+        r = u(3).to(x.dtype)
+        x = x + (r[:, 0] - 0.5).view(n, 1, 1, 1)
+        mean = x.mean(dim=1, keepdim=True)
+        x = (x - mean) * (r[:, 1] * 2).view(n, 1, 1, 1) + mean
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * (r[:, 2] + 0.5).view(n, 1, 1, 1) + mean
+    if "translation" in ops:
+        sh, sw = int(h * 0.125 + 0.5), int(w * 0.125 + 0.5)
+        r = u(2)
+        dy = (r[:, 0] * (2 * sh + 1)).long().clamp(max=2 * sh) - sh
+        dx = (r[:, 1] * (2 * sw + 1)).long().clamp(max=2 * sw) - sw
+        padded = torch.nn.functional.pad(x, (sw, sw, sh, sh))
+        iy = torch.arange(h, device=x.device)[None] + sh - dy[:, None]  # output row i reads input row i - dy
+        ix = torch.arange(w, device=x.device)[None] + sw - dx[:, None]
+        x = padded[torch.arange(n, device=x.device)[:, None, None], :, iy[:, :, None], ix[:, None, :]]
+        x = x.permute(0, 3, 1, 2)
+    if "cutout" in ops:
+        ch, cw = int(h * 0.5 + 0.5), int(w * 0.5 + 0.5)
+        r = u(2)
+        cy = (r[:, 0] * (h + 1 - ch % 2)).long() - ch // 2  # the square's first row (official offsets)
+        cx = (r[:, 1] * (w + 1 - cw % 2)).long() - cw // 2
+        ys, xs = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+        in_y = (ys[None] >= cy[:, None]) & (ys[None] < cy[:, None] + ch)
+        in_x = (xs[None] >= cx[:, None]) & (xs[None] < cx[:, None] + cw)
+        keep = ~(in_y[:, :, None] & in_x[:, None, :])
+        x = x * keep[:, None].to(x.dtype)
+    return x.contiguous()
+
+
 def _rand(n: int, generator, device) -> torch.Tensor:
     """U(0, 1) per sample: from `generator`, or from the training stream (this rank's rows under torchrun)."""
     if generator is not None:

@@ -53,6 +53,8 @@ def test_the_stacked_mnist_recipe_is_scored_by_the_veegan_pacgan_protocol():
     assert cfg.dataset.name == "stacked_mnist" and cfg.dataset.num_classes == 1000
     assert cfg.model.name == "dcgan" and cfg.model.conditional is False  # unconditional, as the benchmark is
     assert cfg.loss.name == "hinge" and cfg.tricks.ema > 0
+    assert cfg.model.pack == 2 and cfg.train.batch_size % cfg.model.pack == 0  # PacGAN's pairs
+    validate(cfg)
     assert cfg.train.max_minutes == 30 and cfg.train.steps > 0
     assert cfg.eval.n == 26000 and "classes" in cfg.eval.metrics and cfg.eval.features == "classifier"
     assert cfg.eval.every == cfg.train.steps  # scored once, at the end
@@ -114,6 +116,10 @@ def test_explicit_optimizer_wins_over_the_recipe():
     ("tricks.ema=1", "tricks.ema"),
     ("train.clip_d=-0.01", "train.clip_d"),
     ("model.minibatch_stddev=-4", "model.minibatch_stddev"),
+    ("model.pack=0", "model.pack=0"),
+    ("model.pack=3", "train.batch_size divisible"),  # 64 samples do not split into packs of 3
+    ("tricks.diff_augment=[flip]", "tricks.diff_augment=[translation,cutout]"),
+    ("tricks.diff_augment=[translation,cutout]", None),
     ("seed=1.5", "seed=1.5"),
     ("train.progress=fancy", "train.progress"),
     ("penalty=gp", None),  # a valid one, for contrast
@@ -126,6 +132,26 @@ def test_bad_values_are_rejected_before_any_work(override, fragment):
     with pytest.raises(GanlabError) as err:
         validate(cfg)
     assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize("overrides,fragment", [
+    (("model=cgan",), "model.conditional=false"),  # a conditional D judges one sample and its label
+    (("model=pggan",), "objective=adversarial"),   # the families with their own D
+    (("model=dcgan",), None),
+])
+def test_pack_is_refused_where_d_does_not_judge_plain_samples(overrides, fragment):
+    cfg = compose(*overrides, "model.pack=2")
+    if fragment is None:
+        validate(cfg)
+        return
+    with pytest.raises(GanlabError) as err:
+        validate(cfg)
+    assert fragment in str(err.value) and "model.pack=1" in str(err.value)
+
+
+def test_diff_augment_is_refused_for_families_with_their_own_d():
+    with pytest.raises(GanlabError, match="set tricks.diff_augment=null"):
+        validate(compose("model=stylegan", "tricks.diff_augment=[translation]"))
 
 
 def test_cli_cfg_job_shows_the_recipe(tmp_path):

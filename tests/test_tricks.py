@@ -9,12 +9,12 @@ from omegaconf import OmegaConf
 import ganlab.objectives.adversarial as objective_mod
 from ganlab.errors import GanlabError
 from ganlab.losses import LOSSES
-from ganlab.models import build_models
-from ganlab.models.base import MinibatchStdDev
+from ganlab.models import build_models, d_pack
+from ganlab.models.base import MinibatchStdDev, pack_samples
 from ganlab.optim import make_optimizers
 from ganlab.train import train
-from ganlab.tricks import EMA, d_targets, instance_noise_std
-from conftest import compose, read_events
+from ganlab.tricks import EMA, d_targets, diff_augment, instance_noise_std, parse_diff_augment
+from conftest import compose, dataset_overrides, read_events
 
 
 def tricks(**kw):
@@ -62,6 +62,20 @@ def _spy_loss(monkeypatch, name="nonsaturating"):
     spy = dataclasses.replace(real, d=d)
     orig = objective_mod.get_loss
     monkeypatch.setattr(objective_mod, "get_loss", lambda cfg: (spy, *orig(cfg)[1:]))
+    return seen
+
+
+def _spy_d_inputs(monkeypatch) -> list:
+    """Every input D's feature extractor receives while training, recorded as it arrives."""
+    seen = []
+    orig = objective_mod.build_models
+
+    def spy_build(model_cfg, source):
+        g, d = orig(model_cfg, source)
+        d.features.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
+        return g, d
+
+    monkeypatch.setattr(objective_mod, "build_models", spy_build)
     return seen
 
 
@@ -189,3 +203,119 @@ def test_two_time_scale_learning_rates():
     opt_g, opt_d = make_optimizers(cfg.optimizer, g, d)
     assert opt_g.param_groups[0]["lr"] == 1e-4 and opt_d.param_groups[0]["lr"] == 4e-4
     assert opt_g.param_groups[0]["betas"] == (0.5, 0.999)
+
+
+def test_pack_joins_consecutive_samples_on_channels_or_features():
+    x = torch.randn(6, 3, 2, 2)
+    packed = pack_samples(x, 3, "channels")
+    assert packed.shape == (2, 9, 2, 2)
+    assert torch.equal(packed[1], torch.cat([x[3], x[4], x[5]]))  # pack 1: samples 3, 4, 5, channel after channel
+    points = torch.randn(6, 2)
+    flat = pack_samples(points, 2, "flat")
+    assert flat.shape == (3, 4) and torch.equal(flat[2], torch.cat([points[4], points[5]]))
+    assert pack_samples(x, 1, "channels") is x
+    with pytest.raises(ValueError):
+        pack_samples(x, 4, "channels")
+
+
+@pytest.mark.parametrize("model,shape,first", [("dcgan", (3, 28, 28), torch.nn.Conv2d), ("gan", (2,), torch.nn.Linear)])
+def test_a_packed_d_takes_m_samples_and_gives_one_score_per_pack(model, shape, first):
+    cfg = compose(f"model={model}", "model.pack=2", "model.width=8")
+    kind = "image" if len(shape) == 3 else "points"
+    source = type("S", (), {"kind": kind, "shape": shape, "name": "x"})()
+    _, d = build_models(cfg.model, source)
+    layer = next(m for m in d.features.modules() if isinstance(m, first))
+    assert (layer.in_channels if first is torch.nn.Conv2d else layer.in_features) == 2 * shape[0]
+    assert d(d_pack(cfg.model, source)(torch.randn(8, *shape))).shape == (4,)
+    _, plain = build_models(compose(f"model={model}", "model.width=8").model, source)
+    assert plain(torch.randn(8, *shape)).shape == (8,)
+
+
+@pytest.mark.parametrize("overrides", [("tricks.label_smoothing=0.1",), ("model=wgan_gp", "train.n_critic=2")])
+def test_pacgan_d_judges_packs_in_every_phase_and_penalty(monkeypatch, tmp_path, overrides):
+    """With model.pack=4, every D input while training (real, fake, G's step, the gradient penalty's
+    interpolates) is a pack of 4 points (8 features) made from one whole batch of 32 reals or fakes."""
+    seen, batches = _spy_d_inputs(monkeypatch), []
+    orig_pack = objective_mod.d_pack
+
+    def spy_pack(model_cfg, source):
+        fn = orig_pack(model_cfg, source)
+
+        def pack(x):
+            batches.append(x.detach().clone())
+            return fn(x)
+        return pack
+
+    monkeypatch.setattr(objective_mod, "d_pack", spy_pack)
+    _run(tmp_path, *overrides, "model.pack=4", "train.steps=2")
+    assert seen and all(x.shape == (8, 8) for x in seen)  # 32 samples -> 8 packs of 4 points
+    assert batches and all(b.shape == (32, 2) for b in batches)
+    assert torch.equal(seen[0], batches[0].reshape(8, 8))  # the first D input: the first real batch, packed
+
+
+def test_diff_augment_translation_shifts_each_image_by_at_most_an_eighth():
+    x = torch.arange(1, 1 + 16 * 2 * 16 * 16, dtype=torch.float).view(16, 2, 16, 16)  # every pixel distinct, none 0
+    out = diff_augment(x, ("translation",), torch.Generator().manual_seed(0))
+    shifts = set()
+    for i in range(16):
+        found = []
+        for dy in range(-2, 3):  # 1/8 of 16
+            for dx in range(-2, 3):
+                shifted = torch.zeros_like(x[i])
+                src = x[i][:, max(0, -dy):16 - max(0, dy), max(0, -dx):16 - max(0, dx)]
+                shifted[:, max(0, dy):16 - max(0, -dy), max(0, dx):16 - max(0, -dx)] = src
+                if torch.equal(out[i], shifted):
+                    found.append((dy, dx))
+        assert len(found) == 1  # exactly one integer shift explains the image, both channels alike
+        shifts.add(found[0])
+    assert len(shifts) > 4  # per sample, not one shift for the batch
+
+
+def test_diff_augment_cutout_zeroes_one_half_size_square_and_nothing_else():
+    x = torch.rand(32, 3, 8, 8) + 1.0
+    out = diff_augment(x, ("cutout",), torch.Generator().manual_seed(0))
+    for i in range(32):
+        zero = out[i, 0] == 0
+        assert torch.equal(zero, (out[i] == 0).all(0))  # the same square on every channel
+        rows, cols = zero.any(1).nonzero().view(-1), zero.any(0).nonzero().view(-1)
+        assert 1 <= len(rows) <= 4 and 1 <= len(cols) <= 4 and zero.sum() == len(rows) * len(cols)
+        assert torch.equal(out[i][:, ~zero], x[i][:, ~zero])
+    assert sum(int((out[i] == 0).sum() == 3 * 16) for i in range(32)) > 8  # most squares lie fully inside
+
+
+def test_diff_augment_is_differentiable_and_color_changes_per_sample():
+    x = torch.rand(8, 3, 8, 8, requires_grad=True)
+    out = diff_augment(x * 2 - 1, parse_diff_augment("color,translation,cutout"), torch.Generator().manual_seed(0))
+    out.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0  # G's gradient passes through the augmentation
+    color = diff_augment(torch.zeros(8, 3, 4, 4), ("color",), torch.Generator().manual_seed(1))
+    assert color.flatten(1).mean(1).unique().numel() == 8  # brightness drawn per sample
+
+
+def test_diff_augment_policy_is_read_in_the_papers_order_and_checked():
+    assert parse_diff_augment(None) == ()
+    assert parse_diff_augment(["cutout", "translation"]) == ("translation", "cutout")
+    assert parse_diff_augment("translation,color") == ("color", "translation")
+    with pytest.raises(GanlabError, match="tricks.diff_augment=\\[translation,cutout\\]"):
+        parse_diff_augment(["flip"])
+
+
+def test_diff_augment_reaches_every_d_input_in_both_phases(monkeypatch, tmp_path, data_root):
+    calls, seen = [], _spy_d_inputs(monkeypatch)
+    orig_aug = objective_mod.diff_augment
+
+    def spy_aug(x, ops, generator=None):
+        out = orig_aug(x, ops, generator)
+        calls.append((ops, out.detach().clone()))
+        return out
+
+    monkeypatch.setattr(objective_mod, "diff_augment", spy_aug)
+    cfg = compose("model=dcgan", "dataset=mnist", *dataset_overrides("mnist", data_root), "model.width=8",
+                  "tricks.diff_augment=[translation,cutout]", "device=cpu", "train.steps=2", "train.batch_size=16",
+                  "train.progress=none", "train.log_every=1", "train.sample_every=100", "train.ckpt_every=100",
+                  "eval.every=null")
+    train(cfg, tmp_path)
+    assert len(calls) == len(seen) == 2 * 3  # per step: D's real and fake batches, then G's
+    assert all(ops == ("translation", "cutout") for ops, _ in calls)
+    assert all(torch.equal(x, out) for x, (_, out) in zip(seen, calls))  # D sees exactly the augmented images
+    assert all((out == 0).flatten(1).any(1).all() for _, out in calls)  # every image has its cutout

@@ -3,9 +3,13 @@
 Every G maps z (N x z_dim), and a label for conditional models, to a sample shaped like the data;
 every D maps a sample (and label) to one unbounded score per sample (a logit for the GAN losses,
 a critic value for Wasserstein): the losses in ganlab.losses apply the sigmoid where they need it.
+With `model.pack` m > 1 (PacGAN), D's input is a pack of m samples (`d_pack`) and it scores packs.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -13,7 +17,7 @@ from torch import nn
 from ganlab import distributed
 from ganlab.errors import GanlabError
 from ganlab.models import dcgan, mlp, resnet
-from ganlab.models.base import Discriminator, Generator, apply_spectral_norm
+from ganlab.models.base import Discriminator, Generator, apply_spectral_norm, pack_samples
 
 BACKBONES = {"mlp": mlp, "dcgan": dcgan, "resnet": resnet}
 
@@ -58,6 +62,9 @@ def build_models(model_cfg, source) -> tuple[Generator, Discriminator]:
             )
     embed_dim = int(model_cfg.embed_dim) if num_classes else 0
     d_extra = num_classes if num_classes and model_cfg.cond_d == "concat" else 0
+    pack = int(model_cfg.get("pack", 1))
+    if pack > 1:  # D's input is a pack of m samples (pack_samples): m times the channels, or the features
+        d_extra += (pack - 1) * (source.shape[0] if module.JOIN == "channels" else math.prod(source.shape))
     g_net, features, feat_dim = module.build(model_cfg, tuple(source.shape), source.kind,
                                              int(model_cfg.z_dim) + embed_dim, d_extra)
     g = Generator(g_net, int(model_cfg.z_dim), num_classes, embed_dim)
@@ -67,6 +74,13 @@ def build_models(model_cfg, source) -> tuple[Generator, Discriminator]:
     if model_cfg.spectral_norm:
         apply_spectral_norm(d)
     return g, d
+
+
+def d_pack(model_cfg, source) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The function that turns a batch into D's input: PacGAN's packs of model.pack samples (identity at 1)."""
+    pack = int(model_cfg.get("pack", 1))
+    join = BACKBONES[resolve_backbone(model_cfg, source.kind)].JOIN
+    return lambda x: pack_samples(x, pack, join)
 
 
 def sample_z(n: int, z_dim: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:

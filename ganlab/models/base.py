@@ -76,6 +76,19 @@ class MinibatchStdDev(nn.Module):
         return torch.cat([x, extra], dim=1)
 
 
+def pack_samples(x: torch.Tensor, m: int, join: str) -> torch.Tensor:
+    """PacGAN's packing (Lin et al. 2018): N samples -> N/m packs of m consecutive samples, joined on the
+    channel axis (conv D: N x C x H x W -> N/m x mC x H x W) or on the flattened features (MLP D). D then
+    scores one pack at a time, so it can see a batch's lack of variety; m = 1 returns x as it is."""
+    if m == 1:
+        return x
+    if x.shape[0] % m:
+        raise ValueError(f"{x.shape[0]} samples do not split into packs of {m}")
+    if join == "channels":
+        return x.reshape(x.shape[0] // m, m * x.shape[1], *x.shape[2:])
+    return x.reshape(x.shape[0] // m, -1)
+
+
 def apply_spectral_norm(module: nn.Module) -> nn.Module:
     """Spectral normalisation (Miyato et al. 2018) on every conv, linear and embedding layer."""
     from torch.nn.utils.parametrizations import spectral_norm

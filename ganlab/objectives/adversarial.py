@@ -3,6 +3,9 @@ conditional switch, every trick and penalty).
 
 A step is `train.n_critic` D updates, each on a fresh real batch and a separate fake batch (never
 mixed, so BatchNorm sees pure batches), then one G update with D frozen (phases "D" and "G").
+`tricks.diff_augment` augments every image D sees, real and fake, in both phases (DiffAugment).
+With `model.pack` m > 1, D scores packs of m reals or m fakes (PacGAN, Lin et al. 2018); a penalty
+then treats a pack as D's one input (its interpolates mix real and fake packs).
 WGAN's weight clipping runs after each D update; instance noise follows a pure schedule of the step.
 """
 
@@ -18,10 +21,11 @@ from ganlab.data.sources import build_source
 from ganlab.distributed import local_batch
 from ganlab.errors import GanlabError
 from ganlab.losses import d_score_logs, get_loss, get_penalty
-from ganlab.models import build_models, generate, resolve_backbone, sample_z
+from ganlab.models import build_models, d_pack, generate, resolve_backbone, sample_z
 from ganlab.objectives.base import Objective, Phase, Runtime, generator_weights
 from ganlab.optim import make_optimizers
-from ganlab.tricks import add_instance_noise, clip_weights, d_targets, instance_noise_std, make_emas, uses_label_tricks
+from ganlab.tricks import (add_instance_noise, clip_weights, d_targets, diff_augment, instance_noise_std, make_emas,
+                           parse_diff_augment, uses_label_tricks)
 from ganlab.viz import image_grid, scatter_image
 
 log = logging.getLogger("ganlab")
@@ -53,6 +57,16 @@ class Adversarial(Objective):
         self.steps_total = int(t.steps)
         self.batch, self.z_dim, self.n_critic = local_batch(int(t.batch_size)), int(cfg.model.z_dim), int(t.n_critic)
         self.n_classes = g.num_classes if g.conditional else None
+        self.pack_size = int(cfg.model.pack)
+        if self.batch % self.pack_size:
+            raise GanlabError(f"model.pack={self.pack_size} needs a batch that splits into packs: this process's batch "
+                              f"is {self.batch}; set train.batch_size to a multiple of {self.pack_size} "
+                              f"(times the number of processes under torchrun).")
+        self.pack = d_pack(cfg.model, source)  # D's input: packs of m separate reals or fakes (PacGAN)
+        self.augment_ops = parse_diff_augment(tricks.get("diff_augment"))
+        if self.augment_ops and source.kind != "image":
+            raise GanlabError(f"tricks.diff_augment augments images; {source.name} holds {source.kind}. "
+                              "Set tricks.diff_augment=null.")
         self.noisy = float(tricks.instance_noise) > 0
         targets = self.loss_fn.targets
         self.real_target, self.fake_target = (1.0, 0.0) if not targets else (
@@ -81,6 +95,10 @@ class Adversarial(Objective):
     def _noise_std(self, step: int) -> float:
         return instance_noise_std(step, self.tricks, self.steps_total) if self.noisy else 0.0
 
+    def d_input(self, x: Tensor, noise_std: float) -> Tensor:
+        """What D sees of a batch: DiffAugment'ed (if on), instance noise (if on), then packed (if model.pack > 1)."""
+        return self.pack(add_instance_noise(diff_augment(x, self.augment_ops), noise_std))
+
     def _fake_labels(self, n: int) -> Tensor | None:
         return distributed.randint_rows(self.n_classes, n, device=self.device) if self.n_classes else None
 
@@ -94,10 +112,10 @@ class Adversarial(Objective):
         with rt.autocast():
             with torch.no_grad():  # fp32 in, like the reals: one compiled D graph for both
                 fake = g(sample_z(batch, self.z_dim, device=self.device), y_fake).to(real.dtype)
-            real_in, fake_in = add_instance_noise(real, noise_std), add_instance_noise(fake, noise_std)
+            real_in, fake_in = self.d_input(real, noise_std), self.d_input(fake, noise_std)
             d_real, d_fake = d(real_in, y_real).float(), d(fake_in, y_fake).float()
-        if self.label_tricks:
-            real_t, fake_t = d_targets(batch, self.tricks, self.real_target, self.fake_target, device=self.device)
+        if self.label_tricks:  # one target per D input: per sample, or per pack
+            real_t, fake_t = d_targets(batch // self.pack_size, self.tricks, self.real_target, self.fake_target, device=self.device)
             loss_d = loss.d(d_real, d_fake, **{**self.d_kw, loss.targets[0]: real_t, loss.targets[1]: fake_t})
         else:
             loss_d = loss.d(d_real, d_fake, **self.d_kw)
@@ -116,14 +134,15 @@ class Adversarial(Objective):
         y_gen = self._fake_labels(self.batch)
         with rt.autocast():
             gen = self.fwd["generator"](sample_z(self.batch, self.z_dim, device=self.device), y_gen).float()
-            d_gen = self.fwd["discriminator"](add_instance_noise(gen, self._noise_std(step)), y_gen).float()
+            d_gen = self.fwd["discriminator"](self.d_input(gen, self._noise_std(step)), y_gen).float()
         loss_g = self.loss_fn.g(d_gen, **self.g_kw)
         return loss_g, {"Loss/G": loss_g}
 
     # ---------------------------------------------------------------------- reporting, sampling
     def describe(self) -> str:
         g, d = self.nets["generator"], self.nets["discriminator"]
-        return (f"{self.backbone}{', conditional' if self.n_classes else ''} | loss "
+        return (f"{self.backbone}{', conditional' if self.n_classes else ''}"
+                f"{f', D on packs of {self.pack_size}' if self.pack_size > 1 else ''} | loss "
                 f"{self.loss_fn.name}{' + ' + self.penalty_name if self.penalty else ''} | n_critic {self.n_critic} | "
                 f"G {sum(p.numel() for p in g.parameters()):,} params, D {sum(p.numel() for p in d.parameters()):,} params")
 
