@@ -61,11 +61,11 @@ def main(argv: list[str]) -> int:
         raise GanlabError(f"TensorBoard could not start on {args.host}:{port} ({exc}); try another --port.") from None
     print(f"TensorBoard on {root}: {url}  (Ctrl-C stops it)", flush=True)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        while not stop.wait(0.5):
-            pass
-    except KeyboardInterrupt:
+    # Ctrl-C and SIGTERM set the event: an explicit SIGINT handler also covers a parent that started us with
+    # SIGINT ignored (Python then installs no KeyboardInterrupt handler of its own), and interrupts nothing midway
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(0.5):
         pass
     print("ganlab board: stopped", flush=True)
     sys.stderr.flush()

@@ -115,7 +115,8 @@ class Adversarial(Objective):
             real_in, fake_in = self.d_input(real, noise_std), self.d_input(fake, noise_std)
             d_real, d_fake = d(real_in, y_real).float(), d(fake_in, y_fake).float()
         if self.label_tricks:  # one target per D input: per sample, or per pack
-            real_t, fake_t = d_targets(batch // self.pack_size, self.tricks, self.real_target, self.fake_target, device=self.device)
+            real_t, fake_t = d_targets(batch // self.pack_size, self.tricks, self.real_target, self.fake_target,
+                                       device=self.device)
             loss_d = loss.d(d_real, d_fake, **{**self.d_kw, loss.targets[0]: real_t, loss.targets[1]: fake_t})
         else:
             loss_d = loss.d(d_real, d_fake, **self.d_kw)
