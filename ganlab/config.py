@@ -42,6 +42,13 @@ def _positive(value, name: str, *, integer: bool = True, allow_zero: bool = Fals
         raise GanlabError(f"{name}={value!r} is not valid: it must be {kind} {bound} (e.g. {name}={example}).")
 
 
+def _adversarial_only(m, what: str, off: str) -> None:
+    """`what` works inside the one-G-one-D objective only: refuse it for families with their own D."""
+    if m.objective != "adversarial":
+        raise GanlabError(f"{what} is for the one-G-one-D families (model.objective=adversarial); "
+                          f"model={m.name} trains with objective {m.objective}: set {off}.")
+
+
 def validate(cfg: DictConfig) -> None:
     """Reject bad values before any data is read or any model is built."""
     t = cfg.train
@@ -100,9 +107,7 @@ def validate(cfg: DictConfig) -> None:
     _positive(m.minibatch_stddev, "model.minibatch_stddev", allow_zero=True)
     _positive(m.pack, "model.pack")
     if m.pack > 1:
-        if m.objective != "adversarial":
-            raise GanlabError(f"model.pack={m.pack} is for the one-G-one-D families (model.objective=adversarial); "
-                              f"model={m.name} trains with objective {m.objective}: set model.pack=1.")
+        _adversarial_only(m, f"model.pack={m.pack}", "model.pack=1")
         if m.conditional:
             raise GanlabError(f"model.pack={m.pack} packs unlabelled samples: a conditional D judges one sample and "
                               "its label. Set model.conditional=false or model.pack=1.")
@@ -156,9 +161,8 @@ def validate(cfg: DictConfig) -> None:
         _positive(tr.instance_noise_anneal_steps, "tricks.instance_noise_anneal_steps")
     from ganlab.tricks import parse_diff_augment
 
-    if parse_diff_augment(tr.get("diff_augment")) and m.objective != "adversarial":
-        raise GanlabError(f"tricks.diff_augment is for the one-G-one-D families (model.objective=adversarial); "
-                          f"model={m.name} trains with objective {m.objective}: set tricks.diff_augment=null.")
+    if parse_diff_augment(tr.get("diff_augment")):
+        _adversarial_only(m, "tricks.diff_augment", "tricks.diff_augment=null")
     if not isinstance(tr.noisy_labels, bool):
         raise GanlabError(f"tricks.noisy_labels={tr.noisy_labels!r} is not valid: use true or false.")
 

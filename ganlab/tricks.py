@@ -83,10 +83,8 @@ def diff_augment(x: torch.Tensor, ops: tuple[str, ...], generator: torch.Generat
     if not ops:
         return x
     n, _, h, w = x.shape
-    u = (lambda *shape: torch.rand(n, *shape, generator=generator, device=x.device)) if generator is not None else (
-        lambda *shape: distributed.rows(torch.rand, n, *shape, device=x.device))
     if "color" in ops:
-        r = u(3).to(x.dtype)
+        r = _rand(n, generator, x.device, 3).to(x.dtype)
         x = x + (r[:, 0] - 0.5).view(n, 1, 1, 1)
         mean = x.mean(dim=1, keepdim=True)
         x = (x - mean) * (r[:, 1] * 2).view(n, 1, 1, 1) + mean
@@ -94,7 +92,7 @@ def diff_augment(x: torch.Tensor, ops: tuple[str, ...], generator: torch.Generat
         x = (x - mean) * (r[:, 2] + 0.5).view(n, 1, 1, 1) + mean
     if "translation" in ops:
         sh, sw = int(h * 0.125 + 0.5), int(w * 0.125 + 0.5)
-        r = u(2)
+        r = _rand(n, generator, x.device, 2)
         dy = (r[:, 0] * (2 * sh + 1)).long().clamp(max=2 * sh) - sh
         dx = (r[:, 1] * (2 * sw + 1)).long().clamp(max=2 * sw) - sw
         padded = torch.nn.functional.pad(x, (sw, sw, sh, sh))
@@ -104,7 +102,7 @@ def diff_augment(x: torch.Tensor, ops: tuple[str, ...], generator: torch.Generat
         x = x.permute(0, 3, 1, 2)
     if "cutout" in ops:
         ch, cw = int(h * 0.5 + 0.5), int(w * 0.5 + 0.5)
-        r = u(2)
+        r = _rand(n, generator, x.device, 2)
         cy = (r[:, 0] * (h + 1 - ch % 2)).long() - ch // 2  # the square's first row (official offsets)
         cx = (r[:, 1] * (w + 1 - cw % 2)).long() - cw // 2
         ys, xs = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
@@ -115,11 +113,12 @@ def diff_augment(x: torch.Tensor, ops: tuple[str, ...], generator: torch.Generat
     return x.contiguous()
 
 
-def _rand(n: int, generator, device) -> torch.Tensor:
-    """U(0, 1) per sample: from `generator`, or from the training stream (this rank's rows under torchrun)."""
+def _rand(n: int, generator, device, *shape: int) -> torch.Tensor:
+    """U(0, 1) per sample (n x *shape): from `generator`, or from the training stream (this rank's rows under
+    torchrun)."""
     if generator is not None:
-        return torch.rand(n, generator=generator, device=device)
-    return distributed.rows(torch.rand, n, device=device)
+        return torch.rand(n, *shape, generator=generator, device=device)
+    return distributed.rows(torch.rand, n, *shape, device=device)
 
 
 class EMA:
