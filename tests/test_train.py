@@ -182,7 +182,7 @@ def test_the_stacked_mnist_recipe_trains_and_is_scored(data_root, tmp_path):
     """experiment=stacked_mnist as a whole (packs of 2, hinge + R1 on the real packs, EMA), shrunk: it trains,
     and the end-of-run evaluation counts the 1,000 modes with the per-channel classifier."""
     cfg = compose("experiment=stacked_mnist", *tiny(*dataset_overrides("stacked_mnist", data_root)), "eval.n=64")
-    assert cfg.penalty.name == "r1" and cfg.model.pack == 2 and cfg.eval.every == 3
+    assert cfg.eval.every == 3  # the recipe's own end-of-run evaluation (its settings: test_config)
     result = train(cfg, tmp_path)
     assert result["step"] == 3 and math.isfinite(result["Loss/D"]) and math.isfinite(result["Loss/G"])
     assert 1 <= result["Metrics/classes_captured"] <= 64 and result["Metrics/class_kl_uniform"] > 0
