@@ -15,7 +15,7 @@ from ganlab.models import progressive as pro
 from ganlab.models.layers import EqualizedConv2d, EqualizedLinear, pixel_norm
 from ganlab.objectives.progressive import GrowthSchedule
 from conftest import compose, make_idx, read_events, run_cli
-from test_reliability import _assert_same_training_state, _numbered_steps, _popen, _wait_for
+from test_reliability import _assert_same_training_state, _last_step, _popen, _wait_for
 
 
 def _nets(resolution=16, width=16, group=4):
@@ -161,7 +161,7 @@ def test_sigkill_in_the_middle_of_a_fade_then_resume_ends_bit_identical(tmp_path
     whole = _popen(_pggan_args(data, tmp_path / "whole", steps, *common), tmp_path)
     run = tmp_path / "killed"
     proc = _popen(_pggan_args(data, run, steps, *common), tmp_path)
-    _wait_for(lambda: any(s >= 30 for s in _numbered_steps(run)) if (run / "checkpoints").exists() else False, proc)
+    _wait_for(lambda: _last_step(run) >= 30, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     saved = torch.load(run / "checkpoints" / "last.pt", weights_only=True)

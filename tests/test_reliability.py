@@ -38,8 +38,21 @@ def _wait_for(predicate, proc, timeout=120):
         time.sleep(0.05)
 
 
-def _numbered_steps(run) -> list[int]:
-    return sorted(int(p.stem.split("_")[1]) for p in (run / "checkpoints").glob("step_*.pt"))
+def _last_step(run) -> int:
+    """The step checkpoints/last.pt holds (0 before there is one), read from the numbered file it is a
+    hard link to. A numbered file appears before last.pt is swapped onto it, so waiting on the numbered
+    files alone and killing at once can leave last.pt one checkpoint behind."""
+    try:
+        inode = (run / "checkpoints" / "last.pt").stat().st_ino
+    except FileNotFoundError:
+        return 0
+    for p in (run / "checkpoints").glob("step_*.pt"):
+        try:
+            if p.stat().st_ino == inode:
+                return int(p.stem.split("_")[1])
+        except FileNotFoundError:  # rotated away meanwhile
+            continue
+    return 0
 
 
 def _assert_same_training_state(a, b, nets=("generator", "discriminator"), optimizers=("opt_g", "opt_d")):
@@ -65,18 +78,18 @@ def test_ten_sigkills_in_a_row_each_resumed_end_bit_identical(model, tmp_path):
 
     run, rng, kills = tmp_path / "killed", random.Random(), []
     for _ in range(10):
-        done = (_numbered_steps(run) or [0])[-1] if (run / "checkpoints").exists() else 0
+        done = _last_step(run)
         proc = _popen(_args(model, data, run, steps, "resume=auto"), tmp_path)
         if rng.random() < 0.3:  # anywhere: start-up, data loading, the first steps
             time.sleep(rng.uniform(0.0, 4.0))
         else:  # a random moment after the run has made progress
-            _wait_for(lambda: (_numbered_steps(run) or [0])[-1] > done if (run / "checkpoints").exists() else False, proc)
+            _wait_for(lambda: _last_step(run) > done, proc)
             time.sleep(rng.uniform(0.0, 0.3))
         assert proc.poll() is None, "the run finished before it could be killed: " + proc.stdout.read()
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert proc.returncode == -signal.SIGKILL
-        kills.append((_numbered_steps(run) or [0])[-1] if (run / "checkpoints").exists() else 0)
+        kills.append(_last_step(run))  # what resume=auto finds
     assert kills[-1] < steps
 
     resumed = run_cli(*_args(model, data, run, steps), "resume=auto", cwd=tmp_path)

@@ -15,7 +15,7 @@ from ganlab.errors import GanlabError
 from ganlab.models import stylegan as sg
 from ganlab.objectives.stylegan import StyleGAN
 from conftest import compose, make_idx, read_events, run_cli
-from test_reliability import _assert_same_training_state, _numbered_steps, _popen, _wait_for
+from test_reliability import _assert_same_training_state, _last_step, _popen, _wait_for
 
 SMALL = ("model.width=16", "model.fmap_base=128", "model.z_dim=32", "model.w_dim=32")
 
@@ -206,8 +206,7 @@ def runs(tmp_path_factory):
     whole = _popen(_args(data, root / "whole"), root)
     killed = root / "killed"
     proc = _popen(_args(data, killed), root)
-    _wait_for(lambda: any(s >= 20 for s in _numbered_steps(killed)) if (killed / "checkpoints").exists() else False,
-              proc)
+    _wait_for(lambda: _last_step(killed) >= 20, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     saved = torch.load(killed / "checkpoints" / "last.pt", weights_only=True)["step"]
