@@ -96,6 +96,8 @@ def validate(cfg: DictConfig) -> None:
     m = cfg.model
     _positive(m.z_dim, "model.z_dim")
     _positive(m.width, "model.width")
+    if m.get("d_width") is not None:
+        _positive(m.d_width, "model.d_width")
     if m.backbone not in ("mlp", "dcgan", "resnet", "auto"):
         raise GanlabError(f"model.backbone={m.backbone!r} is not valid: use mlp, dcgan, resnet or auto.")
     for key, allowed in (("g_norm", ("batch", "none")), ("d_norm", ("batch", "layer", "none")),

@@ -118,6 +118,8 @@ def test_explicit_optimizer_wins_over_the_recipe():
     ("train.clip_d=-0.01", "train.clip_d"),
     ("model.minibatch_stddev=-4", "model.minibatch_stddev"),
     ("model.pack=0", "model.pack=0"),
+    ("model.d_width=0", "model.d_width=0"),
+    ("model.d_width=48", None),
     ("model.pack=3", "train.batch_size divisible"),  # 64 samples do not split into packs of 3
     ("tricks.diff_augment=[flip]", "tricks.diff_augment=[translation,cutout]"),
     ("tricks.diff_augment=[translation,cutout]", None),

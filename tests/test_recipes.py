@@ -129,6 +129,24 @@ def test_resnet_backbone_shapes(resolution):
     assert x.shape == (2, 3, resolution, resolution) and d(x).shape == (2,)
 
 
+@pytest.mark.parametrize("backbone", ["dcgan", "resnet"])
+def test_model_d_width_widens_d_alone(backbone):
+    source = type("S", (), {"kind": "image", "shape": (3, 28, 28), "name": "x"})()
+
+    def built(*overrides):
+        g, d = build_models(compose("model=dcgan", f"model.backbone={backbone}", "model.width=8", *overrides).model,
+                            source)
+        return g, d, [m.out_channels for m in d.modules() if isinstance(m, torch.nn.Conv2d)]
+
+    g, d, d_convs = built()
+    g_wide_d, wide_d, wide_convs = built("model.d_width=16")
+    assert [2 * c for c in d_convs] == wide_convs  # every conv of D twice as wide
+    assert d_convs[0] == (8 if backbone == "dcgan" else 16)  # model.width (resnet's D: 2 x width)
+    assert g.state_dict().keys() == g_wide_d.state_dict().keys()
+    assert all(v.shape == g_wide_d.state_dict()[k].shape for k, v in g.state_dict().items())  # G untouched
+    assert wide_d(g_wide_d(torch.randn(2, 100))).shape == (2,)
+
+
 @pytest.mark.parametrize("backbone,cond_d", [("gan", "concat"), ("dcgan", "concat"), ("sngan", "projection"),
                                              ("sngan", "concat")])
 def test_conditional_backbones_train(backbone, cond_d, data_root, tmp_path):

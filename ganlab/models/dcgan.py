@@ -36,6 +36,11 @@ def norm2d(kind: str, channels: int) -> list[nn.Module]:
     return []
 
 
+def d_width(cfg) -> int:
+    """D's width: model.d_width, or model.width when that is null (or absent, in an older run's config)."""
+    return cfg.get("d_width") or cfg.width
+
+
 class DCGANGenerator(nn.Module):
     def __init__(self, in_dim, channels, resolution, width, norm, act, slope):
         super().__init__()
@@ -75,6 +80,6 @@ def build(cfg, shape: tuple[int, ...], kind: str, g_in: int, d_extra: int):
     if height != width:
         raise GanlabError(f"the dcgan backbone needs square images, got {height}x{width}.")
     g = DCGANGenerator(g_in, channels, height, cfg.width, cfg.g_norm, cfg.g_act, cfg.leaky_slope)
-    features, feat_dim = dcgan_features(channels + d_extra, height, cfg.width, cfg.d_norm, cfg.leaky_slope,
+    features, feat_dim = dcgan_features(channels + d_extra, height, d_width(cfg), cfg.d_norm, cfg.leaky_slope,
                                         cfg.minibatch_stddev)
     return g, features, feat_dim

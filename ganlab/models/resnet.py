@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ganlab.models.base import MinibatchStdDev
-from ganlab.models.dcgan import norm2d, plan
+from ganlab.models.dcgan import d_width, norm2d, plan
 
 SUPPORTS = ("image",)
 JOIN = "channels"
@@ -86,5 +86,5 @@ def resnet_features(in_channels, resolution, width, norm, mbstd_group=0) -> tupl
 def build(cfg, shape: tuple[int, ...], kind: str, g_in: int, d_extra: int):
     channels, height, _ = shape
     g = ResNetGenerator(g_in, channels, height, cfg.width, cfg.g_norm)
-    features, feat_dim = resnet_features(channels + d_extra, height, cfg.width, cfg.d_norm, cfg.minibatch_stddev)
+    features, feat_dim = resnet_features(channels + d_extra, height, d_width(cfg), cfg.d_norm, cfg.minibatch_stddev)
     return g, features, feat_dim
