@@ -157,6 +157,7 @@ def main() -> None:
     if args.scripts is None:
         raise SystemExit("--scripts DIR: the folder holding PyTorch-GAN's gan.py, dcgan.py and wgan_gp.py")
     root = args.root.resolve()
+    args.work = args.work.resolve()  # the reference scripts run in work/runs/<name>: a relative --work would move
     args.work.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     rows = []

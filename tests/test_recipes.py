@@ -1,6 +1,8 @@
 """The GAN canon as recipes: each family's paper defaults, WGAN's clipping, spectral norm, the
 ResNet backbone, conditional sampling, and the metric behind the README's mode table."""
 
+import math
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -9,6 +11,7 @@ from ganlab.checkpoint import load_checkpoint
 from ganlab.data.sources import MixtureSource
 from ganlab.errors import GanlabError
 from ganlab.metrics import mixture_metrics
+from ganlab.metrics.mixture import exact_high_quality
 from ganlab.models import build_models, generate
 from ganlab.objectives import load_generator
 from ganlab.train import train
@@ -199,6 +202,18 @@ def test_mixture_metrics_on_hand_made_samples():
     m = mixture_metrics(every, src.modes, src.std)
     assert m["modes_captured"] == 25 and m["modes_captured_strict"] == 25 and m["high_quality"] > 0.98
     assert m["reverse_kl"] < 0.02
+    assert m["mode_spread"] == pytest.approx(1.0, abs=0.05)  # exact samples: the data's own spread
+    # a G that squeezes every mode to a third of its width: high quality past a perfect sampler's, spread 1/3
+    nearest = torch.cdist(every, src.modes).argmin(1)
+    squeezed = src.modes[nearest] + (every - src.modes[nearest]) / 3
+    m = mixture_metrics(squeezed, src.modes, src.std)
+    assert m["high_quality"] > exact_high_quality(2) and m["mode_spread"] == pytest.approx(1 / 3, abs=0.02)
+    assert mixture_metrics(src.modes.repeat(4, 1), src.modes, src.std)["mode_spread"] == 0.0
+    assert exact_high_quality(2) == pytest.approx(1 - math.exp(-4.5))
+    big, _ = src.sample(100_000, g, torch.device("cpu"))  # the closed forms against many exact samples
+    m = mixture_metrics(big, src.modes, src.std)
+    assert m["high_quality"] == pytest.approx(exact_high_quality(2), abs=0.002)
+    assert m["mode_spread"] == pytest.approx(1.0, abs=0.01)
     half = src.modes[:12].repeat(209, 1)[:2500] + 0.01 * torch.randn(2500, 2, generator=g)
     m = mixture_metrics(half, src.modes, src.std)
     assert m["modes_captured"] == 12 and m["reverse_kl"] == pytest.approx(torch.log(torch.tensor(25 / 12)).item(), abs=0.01)
