@@ -607,8 +607,8 @@ class _Run:
         m = {k.split("/", 1)[1]: v for k, v in self.last.items() if k.startswith("Metrics/")}
         if "modes_captured" in m:
             return (f": {m['modes_captured']:.0f} of {len(self.source.modes)} modes ({m['modes_captured_strict']:.0f} "
-                    f"with >= 1% of the samples), {100 * m['high_quality']:.1f}% of samples on a mode (mode width "
-                    f"{m['mode_spread']:.2f}x the data's)")
+                    f"with >= 1% of the samples), {100 * m['high_quality']:.1f}% of samples on a mode"
+                    + (f" (mode width {m['mode_spread']:.2f}x the data's)" if "mode_spread" in m else ""))
         return (": " + ", ".join(f"{k} {v:.4g}" for k, v in m.items())) if m else ""
 
     # ---------------------------------------------------------------------------- the loop

@@ -20,7 +20,9 @@ def inception_score(probs: torch.Tensor, splits: int = 10) -> dict:
     for part in probs.chunk(splits):
         marginal = part.mean(0, keepdim=True)
         kl = (part * (part.clamp_min(1e-30).log() - marginal.clamp_min(1e-30).log())).sum(1).mean()
-        scores.append(kl.exp())
+        # the mean KL to the split's marginal is a mutual information, >= 0 (IS >= 1); near-identical predictions
+        # can round it to -1e-16, which would print an IS of 0.9999999999999999
+        scores.append(kl.clamp_min(0).exp())
     s = torch.stack(scores)
     return {"is": float(s.mean()), "is_std": float(s.std()) if len(s) > 1 else 0.0}
 

@@ -8,7 +8,8 @@ high_quality alone rewards a G that squeezes each mode: a perfect sampler of the
 P(chi2_d <= 9) of its samples within 3 std (98.9% in 2D), a G whose modes are points puts 100%. So
 mode_spread says how wide G's modes are: the RMS distance of the high-quality samples to their mode
 over what exact samples of the mixture give within the same 3 std (1: the data's spread; < 1: G's
-modes are narrower than the data's, > 1: wider). No paper reports it; it keeps high_quality honest."""
+modes are narrower than the data's, > 1: wider; absent when no sample is high quality). No paper reports
+it; it keeps high_quality honest."""
 
 from __future__ import annotations
 
@@ -48,15 +49,15 @@ def mixture_metrics(samples: torch.Tensor, modes: torch.Tensor, std: float, stri
         p = counts / counts.sum()
         nz = p > 0
         kl = float((p[nz] * (p[nz] * k).log()).sum())
-    spread = float("nan")  # no high-quality sample: no spread to measure
-    if hq.any():
-        spread = math.sqrt(float((nearest_dist[hq] / std).square().mean()) / exact_hq_mean_square(samples.shape[1]))
-    return {
+    out = {
         "n_samples": n,
         "n_modes": k,
         "modes_captured": int((counts >= 1).sum()),
         "modes_captured_strict": int((counts >= math.ceil(strict_fraction * n)).sum()),
         "high_quality": float(hq.double().mean()),
         "reverse_kl": kl,
-        "mode_spread": spread,
     }
+    if hq.any():  # no high-quality sample, no spread to measure (and no NaN in metrics.json)
+        mean_square = float((nearest_dist[hq] / std).square().mean())
+        out["mode_spread"] = math.sqrt(mean_square / exact_hq_mean_square(samples.shape[1]))
+    return out
