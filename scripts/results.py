@@ -232,10 +232,9 @@ def mixture_row(name: str, runs: list[Run], with_wall: bool = False) -> str:
            f"{per_seed([int(v) for v in m('modes_captured')])} | "
            f"{per_seed([int(v) for v in m('modes_captured_strict')])} | "
            f"{per_seed([100 * v for v in m('high_quality')], '{:.1f}%')} | {mean_std(m('reverse_kl'))} |")
-    if with_wall:  # section 4: how wide G's modes are, beside the high-quality share they inflate when narrow
-        row += f" {per_seed([r.metrics.get('Metrics/mode_spread', float('nan')) for r in ok], '{:.2f}')} |"
-    if with_wall:
-        row += f" {per_seed([r.wall / 60 for r in ok], '{:.1f}')} |"
+    if with_wall:  # section 4: how wide G's modes are (beside the high-quality share they inflate when narrow), wall
+        row += (f" {per_seed([r.metrics.get('Metrics/mode_spread', float('nan')) for r in ok], '{:.2f}')} |"
+                f" {per_seed([r.wall / 60 for r in ok], '{:.1f}')} |")
     if len(ok) < len(runs):
         row += f" ({len(runs) - len(ok)} failed)"
     return row

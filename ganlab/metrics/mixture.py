@@ -21,19 +21,23 @@ import torch
 HQ_RADIUS = 3.0  # in std
 
 
+def _chi2_within(dim: int) -> float:
+    """P(chi2_dim <= HQ_RADIUS^2), the regularized lower incomplete gamma at (dim / 2, HQ_RADIUS^2 / 2)."""
+    return float(torch.special.gammainc(torch.tensor(dim / 2, dtype=torch.float64),
+                                        torch.tensor(HQ_RADIUS ** 2 / 2, dtype=torch.float64)))
+
+
 def exact_high_quality(dim: int) -> float:
     """The share of exact samples of a mixture of isotropic Gaussians within HQ_RADIUS std of their own mode,
     P(chi2_dim <= 9): 98.9% in 2D (1 - e^-4.5), 99.7% in 1D. Samples nearer another mode do not occur at the
     lab's spacings (ring8 and grid25 put their modes >= 30 std apart)."""
-    return float(torch.special.gammainc(torch.tensor(dim / 2, dtype=torch.float64), torch.tensor(HQ_RADIUS ** 2 / 2)))
+    return _chi2_within(dim)
 
 
 def exact_hq_mean_square(dim: int) -> float:
     """E[r^2 / std^2 | r <= HQ_RADIUS std] for exact samples (r their distance to the mode, r^2/std^2 ~ chi2_dim):
     dim * P(chi2_{dim+2} <= 9) / P(chi2_dim <= 9); 1.899 in 2D."""
-    half = torch.tensor(HQ_RADIUS ** 2 / 2, dtype=torch.float64)
-    return float(dim * torch.special.gammainc(torch.tensor(dim / 2 + 1, dtype=torch.float64), half)
-                 / torch.special.gammainc(torch.tensor(dim / 2, dtype=torch.float64), half))
+    return dim * _chi2_within(dim + 2) / _chi2_within(dim)
 
 
 def mixture_metrics(samples: torch.Tensor, modes: torch.Tensor, std: float, strict_fraction: float = 0.01) -> dict:
