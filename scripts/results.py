@@ -95,6 +95,15 @@ def slug(overrides: list[str]) -> str:
     return readable[:80] + "-" + hashlib.sha1(" ".join(overrides).encode()).hexdigest()[:8]
 
 
+def judge(metrics_json: Path) -> str:
+    """Which classifier made a metrics.json's numbers, as its protocol records it: "SmallCNN vN, held-out
+    accuracy A" (the evaluation classifier's versions score differently; section 11 says which)."""
+    protocol = json.loads(Path(metrics_json).read_text()).get("protocol", {})
+    features, accuracy = protocol.get("features", ""), protocol.get("classifier_held_out_accuracy")
+    version = next((w.rstrip("),") for w in features.split() if w.startswith("v") and w[1:2].isdigit()), "v?")
+    return f"SmallCNN {version}" + ("" if accuracy is None else f", held-out accuracy {accuracy:.3f}")
+
+
 def launch(run: Run, out: Path) -> Run:
     log = run.run_dir.with_suffix(".log")
     if (run.run_dir / "metrics.json").is_file():  # already made by an earlier, interrupted invocation

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import REPO, run_ganlab as ganlab, write_section  # noqa: E402
+from results import REPO, judge, run_ganlab as ganlab, write_section  # noqa: E402
 
 BEGIN, END = "<!-- results_reference.py: begin -->", "<!-- results_reference.py: end -->"
 # reference script -> (ganlab's documented command for the same recipe, what to say)
@@ -136,7 +136,8 @@ def evaluate(target: Path, root: Path, n: int, log: Path) -> dict:
     ganlab(["eval", f"target={target}", "dataset=mnist", f"dataset.root={root}", "dataset.download=false", f"n={n}",
             "features=classifier", "metrics=[fd,is,classes]", f"out={out}"], log, one_thread=False)
     m = json.loads(out.read_text())["metrics"]
-    return {"fd": m["fd"], "score": m["is"], "classes": int(m["classes_captured"]), "class_kl": m.get("class_kl")}
+    return {"fd": m["fd"], "score": m["is"], "classes": int(m["classes_captured"]), "class_kl": m.get("class_kl"),
+            "judge": judge(out)}
 
 
 def main() -> None:
@@ -185,7 +186,8 @@ def main() -> None:
         f"(gan.py, dcgan.py, wgan_gp.py) runs unmodified for {args.minutes:g} wall minutes with its own defaults "
         "(batch 64, its own threads and loader); then ganlab's documented command for the same recipe runs as long "
         "(`train.max_minutes`). Both sets of 10,000 samples are scored by `ganlab eval` in the feature space of "
-        "ganlab's MNIST classifier (FD of its features, classes hit by its argmax), against the 5,000 real digits. "
+        f"ganlab's MNIST classifier ({'; '.join(sorted({o['judge'] for _, ref, ours in rows for o in (ref, ours)}))}: "
+        "FD of its features, classes hit by its argmax), against the 5,000 real digits. "
         f"The scripts' samples are drawn in batches of 64 in train mode (as their grids) and in eval mode; the better "
         f"is shown ({modes}).", "", *table, "", f"ganlab's commands: {commands}.", "",
         *([args.note, ""] if args.note else []), END, ""])

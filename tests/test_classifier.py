@@ -38,6 +38,28 @@ def test_class_histogram_counts_dropped_modes_and_its_kl():
     assert skewed["classes_captured"] == 10 and skewed["class_kl"] > 0.3 and skewed["class_kl_uniform"] == pytest.approx(0.0, abs=1e-12)
 
 
+def test_the_training_shift_moves_each_image_whole_and_fills_with_background():
+    """v2's augmentation: every image moves by its own whole-pixel offset in [-2, 2] per axis, nothing is
+    rescaled, and what moves in is background (-1)."""
+    from ganlab.metrics.classifier import _shift
+
+    x = torch.full((400, 1, 9, 9), -1.0)
+    x[:, 0, 4, 4] = 1.0  # one bright pixel in the middle ...
+    x[:, 0, 0, :] = 0.5  # ... and a grey top row
+    out = _shift(x, 2, torch.Generator().manual_seed(0))
+    bright = (out[:, 0] == 1.0).nonzero()
+    assert len(bright) == 400  # the pixel is never lost or duplicated
+    offsets = {(int(r) - 4, int(c) - 4) for _, r, c in bright.tolist()}
+    assert offsets == {(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)}  # all 25 offsets, nothing farther
+    assert set(out.unique().tolist()) <= {-1.0, 0.5, 1.0}  # whole pixels: nothing interpolated
+    for i, r, c in bright.tolist():  # the grey row moved with the pixel: down by dy, or out of the image
+        dy, dx = r - 4, c - 4
+        grey_rows = out[i, 0].eq(0.5).any(1).nonzero().flatten().tolist()
+        assert grey_rows == ([dy] if dy >= 0 else [])
+        if dy >= 0:  # what moved in beside it is background: 9 - |dx| grey pixels in that row
+            assert int(out[i, 0, dy].eq(0.5).sum()) == 9 - abs(dx)
+
+
 @pytest.fixture(scope="module")
 def digits_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("digits")
@@ -97,7 +119,7 @@ logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
 import torch
 import ganlab.metrics.classifier as c
 from ganlab.data.sources import IdxSource
-c.EPOCHS, c.MIN_STEPS = 1, 20
+c.EVALUATION = c.Recipe(epochs=1, min_steps=20)
 root, me = Path(sys.argv[1]), sys.argv[2]
 train = c._train
 def slow_train(*args):  # the first job holds the lock until the second has asked for the classifier

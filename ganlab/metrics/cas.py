@@ -4,8 +4,8 @@ accuracy of a classifier trained on real + synthetic data.
 CAS: train a classifier on labelled SYNTHETIC data only, test it on the REAL test split. It asks
 whether the conditional samples carry their class (a G that draws the wrong class, or one class
 for all, scores low even with sharp images), which FID does not. The classifier and its recipe
-are ganlab's evaluation classifier's (SmallCNN, Adam 1e-3, >= 3 epochs and >= 400 steps of batch
-128, a fixed seed: ganlab.metrics.classifier), trained on the whole given set; numbers are
+are fixed (SmallCNN, the evaluation classifier's network, Adam 1e-3, >= 3 epochs and >= 400 steps of
+batch 128, no augmentation, a fixed seed: ganlab.metrics.classifier.CAS), trained on the whole given set; numbers are
 comparable when the recipe, the sample count and the test split are the same, which the
 protocol records. The reference point is the CAS of the real training set itself (the same
 recipe on real images; `ganlab eval target=real.npz metrics=[cas]`).
@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from ganlab.data.sources import build_source
 from ganlab.errors import GanlabError
-from ganlab.metrics.classifier import BATCH, CLASSIFIER_VERSION, EPOCHS, LR, MIN_STEPS, SEED, _train
+from ganlab.metrics.classifier import CAS, SEED, _train
 
 
 def test_split(dataset_cfg):
@@ -46,7 +46,7 @@ def accuracy(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
     if tuple(x_train.shape[1:]) != tuple(x_test.shape[1:]):
         raise GanlabError(f"the training images are {tuple(x_train.shape[1:])} but the test split's are "
                           f"{tuple(x_test.shape[1:])}; score against the dataset (and resolution) the model was trained on.")
-    net, _ = _train(x_train, y_train.long(), n_classes, device, held_out=0.0, seed=seed)
+    net, _ = _train(x_train, y_train.long(), n_classes, device, held_out=0.0, seed=seed, recipe=CAS)
     net = net.to(device)
     correct = 0
     with torch.no_grad():
@@ -75,7 +75,6 @@ def classification_accuracy_score(x: torch.Tensor, y: torch.Tensor, dataset_cfg,
                 "only, tested on the real test split",
         "trained_on": made_by, "n_train": len(x), "per_class_min": int(counts.min()), "per_class_max": int(counts.max()),
         "tested_on": f"{source.name} test split, {len(x_test)} images",
-        "classifier": f"SmallCNN v{CLASSIFIER_VERSION} recipe: Adam lr {LR}, batch {BATCH}, max({EPOCHS} epochs, "
-                      f"{MIN_STEPS} steps), seed {SEED}, no held-out part",
+        "classifier": f"SmallCNN, CAS recipe: {CAS.describe()}, no held-out part",
         "seconds": round(time.monotonic() - t0, 1)}}
     return {"cas": acc}, protocol

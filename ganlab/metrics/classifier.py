@@ -22,8 +22,10 @@ import contextlib
 import hashlib
 import io
 import logging
+import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,13 +35,39 @@ from ganlab.errors import GanlabError
 
 log = logging.getLogger("ganlab")
 
-CLASSIFIER_VERSION = 1
-EPOCHS = 3
-MIN_STEPS = 400  # small datasets get more epochs
+CLASSIFIER_VERSION = 2
 BATCH = 128
 LR = 1e-3
 HELD_OUT = 0.1
 SEED = 1234
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a SmallCNN is trained: whole epochs, at least `epochs` and `min_steps` steps (small datasets get more
+    epochs), at most `max_steps` (None: no cap); every batch shifted by up to `shift` pixels each way (0: none);
+    Adam's lr constant, or `cosine`-annealed to 0 over the run."""
+
+    epochs: int
+    min_steps: int
+    max_steps: int | None = None
+    shift: int = 0
+    cosine: bool = False
+
+    def describe(self) -> str:
+        steps = f"max({self.epochs} epochs, {self.min_steps} steps)" + (f", at most {self.max_steps}" if self.max_steps else "")
+        extras = ([f"random shifts of up to {self.shift} px"] if self.shift else []) + (["cosine lr"] if self.cosine else [])
+        return f"Adam lr {LR}, batch {BATCH}, {steps}" + "".join(f", {e}" for e in extras) + f", seed {SEED}"
+
+
+# v2 (the evaluation classifier): random shifts of up to 2 px and a cosine lr over up to 1,500 steps. On the
+# 5,000 real MNIST digits of scripts/mnist_subset.py (500 held out) the held-out accuracy went from 0.974 (v1:
+# 3 epochs or 400 steps, constant lr, no augmentation; 0.970 in a trial) to 0.980 (0.984 in a trial); GAN
+# samples, which are a little off the real digits, are what a weak judge misreads most (docs/results.md
+# section 11). Random rotations and scalings (grid_sample) scored no better than the shifts and cost 70% more.
+EVALUATION = Recipe(epochs=40, min_steps=400, max_steps=1500, shift=2, cosine=True)
+# the Classification Accuracy Score's recipe (ganlab.metrics.cas), v1's, unchanged: section 9's numbers stand
+CAS = Recipe(epochs=3, min_steps=400)
 
 
 class SmallCNN(nn.Module):
@@ -102,11 +130,23 @@ def _writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK)
 
 
+def _shift(x: torch.Tensor, most: int, g: torch.Generator) -> torch.Tensor:
+    """Each image of x (N x C x H x W in [-1, 1]) moved by its own random whole-pixel offset in [-most, most]
+    per axis; what moves in is background (-1)."""
+    n, c, h, w = x.shape
+    padded = nn.functional.pad(x, (most, most, most, most), value=-1.0)
+    dy, dx = (torch.randint(0, 2 * most + 1, (n,), generator=g) for _ in range(2))
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None].expand(n, c, h, w + 2 * most).to(x.device)
+    cols = (dx[:, None] + torch.arange(w))[:, None, None, :].expand(n, c, h, w).to(x.device)
+    return padded.gather(2, rows).gather(3, cols)
+
+
 def _train(x: torch.Tensor, y: torch.Tensor, n_classes: int, device: torch.device, held_out: float = HELD_OUT,
-           seed: int = SEED) -> tuple[SmallCNN, float]:
+           seed: int = SEED, recipe: Recipe | None = None) -> tuple[SmallCNN, float]:
     """Train on (1 - held_out) of (x uint8, y), return the net (eval mode, CPU) and held-out accuracy
-    (nan when nothing is held out). The recipe is fixed (EPOCHS, MIN_STEPS, BATCH, LR): the evaluation
-    classifier's, and the Classification Accuracy Score's (ganlab.metrics.cas)."""
+    (nan when nothing is held out). The recipe is fixed: EVALUATION for the evaluation classifier, CAS for
+    the Classification Accuracy Score (ganlab.metrics.cas); None: EVALUATION."""
+    recipe = recipe or EVALUATION
     g = torch.Generator().manual_seed(seed)
     torch_state = torch.get_rng_state()
     torch.manual_seed(seed)
@@ -119,15 +159,28 @@ def _train(x: torch.Tensor, y: torch.Tensor, n_classes: int, device: torch.devic
     batch = min(BATCH, len(train_idx))
     net.train()
     per_epoch = max(1, len(train_idx) // batch)
-    for _ in range(max(EPOCHS, -(-MIN_STEPS // per_epoch))):
+    total = max(recipe.epochs, -(-recipe.min_steps // per_epoch)) * per_epoch  # whole epochs ...
+    if recipe.max_steps is not None:
+        total = min(total, recipe.max_steps)  # ... unless capped
+    step = 0
+    for _ in range(-(-total // per_epoch)):
         order = train_idx[torch.randperm(len(train_idx), generator=g)].to(device)
         for start in range(0, len(order) - batch + 1, batch):
+            if step == total:
+                break
             idx = order[start:start + batch]
-            _, logits = net(xd[idx].float() / 127.5 - 1)
+            xb = xd[idx].float() / 127.5 - 1
+            if recipe.shift:
+                xb = _shift(xb, recipe.shift, g)
+            if recipe.cosine:
+                for group in opt.param_groups:
+                    group["lr"] = LR * 0.5 * (1 + math.cos(math.pi * step / total))
+            _, logits = net(xb)
             loss = nn.functional.cross_entropy(logits, yd[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            step += 1
     net.eval()
     correct = 0
     with torch.no_grad():
@@ -161,7 +214,7 @@ def classifier_for(source, device: torch.device) -> tuple[SmallCNN, dict]:
         cached = _load_cached(dirs, name, x.shape[1])  # another job may have trained it while this one waited
         if cached is not None:
             return cached[0].to(device), cached[1]
-        log.info(f"training ganlab's {source.name} evaluation classifier once ({len(x):,} images, {EPOCHS} epochs); "
+        log.info(f"training ganlab's {source.name} evaluation classifier once ({len(x):,} images: {EVALUATION.describe()}); "
                  f"it is cached in {folder}")
         t0 = time.monotonic()
         net, accuracy = _train(x, y, int(source.num_classes), device)
