@@ -95,6 +95,13 @@ def slug(overrides: list[str]) -> str:
     return readable[:80] + "-" + hashlib.sha1(" ".join(overrides).encode()).hexdigest()[:8]
 
 
+def judged(info: dict | None) -> str:
+    """", SmallCNN vN, held-out accuracy A" for the classifier the image sections used (classifier_for's info)."""
+    if not info:
+        return ""
+    return f", SmallCNN v{info['version']}, held-out accuracy {info['held_out_accuracy']:.3f}"
+
+
 def judge(metrics_json: Path) -> str:
     """Which classifier made a metrics.json's numbers, as its protocol records it: "SmallCNN vN, held-out
     accuracy A" (the evaluation classifier's versions score differently; section 11 says which)."""
@@ -266,8 +273,9 @@ def write_doc(args, sections: dict[str, list[Run]], total_wall: float) -> str:
         *([args.note, ""] if args.note else []),
         f"MNIST here is `{args.mnist_label}`; Stacked MNIST is built from it (`dataset=stacked_mnist`, "
         "60,000 triples, 1,000 modes). Image metrics are in the feature space of ganlab's MNIST "
-        "classifier (`eval.features=classifier`, trained once and cached beside the data; its held-out "
-        "accuracy and SHA-256 are in each run's metrics.json): FD = Fréchet distance of its 128-d "
+        f"classifier (`eval.features=classifier`{judged(getattr(args, 'classifier', None))}, trained once and cached "
+        "beside the data; its held-out accuracy and SHA-256 are in each run's metrics.json; classifier FDs are "
+        "comparable within one classifier version only): FD = Fréchet distance of its 128-d "
         "features (384-d for Stacked MNIST), score = its Inception-style score (max 10; 1000 for Stacked MNIST), "
         "classes = classes (modes) hit by the argmax predictions, KL = KL of that histogram to the real "
         "labels' (MNIST) or to uniform (Stacked MNIST, as VEEGAN/PacGAN report it). 2D metrics follow "

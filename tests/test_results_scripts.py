@@ -20,3 +20,21 @@ def test_minutes_in_all_adds_up_the_invocations_whose_runs_are_reused(tmp_path):
     assert second <= third < second + 0.1
     fresh = minutes_in_all(tmp_path, time.monotonic() - 10 * 60)  # reused nothing: only its own time
     assert 10 <= fresh < 10.1
+
+
+def test_judge_names_the_classifier_that_scored_a_run(tmp_path):
+    """The docs' Stacked MNIST and reference sections say which classifier version labelled the samples (v1 and
+    v2 score the same samples differently), read from the protocol the run's metrics.json records."""
+    from results import judge, judged
+
+    from ganlab.metrics.classifier import CLASSIFIER_VERSION
+
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({"metrics": {}, "protocol": {
+        "features": f"ganlab's mnist classifier (SmallCNN v{CLASSIFIER_VERSION}), 128-d penultimate layer per channel",
+        "classifier_held_out_accuracy": 0.98}}))
+    assert judge(path) == f"SmallCNN v{CLASSIFIER_VERSION}, held-out accuracy 0.980"
+    path.write_text(json.dumps({"metrics": {}, "protocol": {"features": "raw 2D coordinates"}}))
+    assert judge(path) == "SmallCNN v?"  # not a classifier's numbers: no version to name
+    assert judged({"version": 2, "held_out_accuracy": 0.9804}) == ", SmallCNN v2, held-out accuracy 0.980"
+    assert judged(None) == ""
