@@ -95,20 +95,23 @@ def slug(overrides: list[str]) -> str:
     return readable[:80] + "-" + hashlib.sha1(" ".join(overrides).encode()).hexdigest()[:8]
 
 
+def named(version, accuracy) -> str:
+    """"SmallCNN vN, held-out accuracy A": the classifier that made a set of numbers (its versions score differently)."""
+    return f"SmallCNN v{version}" + ("" if accuracy is None else f", held-out accuracy {accuracy:.3f}")
+
+
 def judged(info: dict | None) -> str:
     """", SmallCNN vN, held-out accuracy A" for the classifier the image sections used (classifier_for's info)."""
-    if not info:
-        return ""
-    return f", SmallCNN v{info['version']}, held-out accuracy {info['held_out_accuracy']:.3f}"
+    return f", {named(info['version'], info['held_out_accuracy'])}" if info else ""
 
 
 def judge(metrics_json: Path) -> str:
-    """Which classifier made a metrics.json's numbers, as its protocol records it: "SmallCNN vN, held-out
-    accuracy A" (the evaluation classifier's versions score differently; section 11 says which)."""
+    """Which classifier made a metrics.json's numbers, from its protocol (`classifier_version`; a file written
+    before that key existed: the version in the `features` text)."""
     protocol = json.loads(Path(metrics_json).read_text()).get("protocol", {})
-    features, accuracy = protocol.get("features", ""), protocol.get("classifier_held_out_accuracy")
-    version = next((w.rstrip("),") for w in features.split() if w.startswith("v") and w[1:2].isdigit()), "v?")
-    return f"SmallCNN {version}" + ("" if accuracy is None else f", held-out accuracy {accuracy:.3f}")
+    version = protocol.get("classifier_version") or next(
+        (w[1:].rstrip("),") for w in protocol.get("features", "").split() if w.startswith("v") and w[1:2].isdigit()), "?")
+    return named(version, protocol.get("classifier_held_out_accuracy"))
 
 
 def launch(run: Run, out: Path) -> Run:

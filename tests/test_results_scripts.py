@@ -34,6 +34,9 @@ def test_judge_names_the_classifier_that_scored_a_run(tmp_path):
         "features": f"ganlab's mnist classifier (SmallCNN v{CLASSIFIER_VERSION}), 128-d penultimate layer per channel",
         "classifier_held_out_accuracy": 0.98}}))
     assert judge(path) == f"SmallCNN v{CLASSIFIER_VERSION}, held-out accuracy 0.980"
+    path.write_text(json.dumps({"metrics": {}, "protocol": {"classifier_version": 7, "features": "SmallCNN v1",
+                                                             "classifier_held_out_accuracy": 0.98}}))
+    assert judge(path) == "SmallCNN v7, held-out accuracy 0.980"  # the recorded version wins over the text
     path.write_text(json.dumps({"metrics": {}, "protocol": {"features": "raw 2D coordinates"}}))
     assert judge(path) == "SmallCNN v?"  # not a classifier's numbers: no version to name
     assert judged({"version": 2, "held_out_accuracy": 0.9804}) == ", SmallCNN v2, held-out accuracy 0.980"

@@ -298,6 +298,6 @@ def classifier_features(source, device: torch.device):
     what = (f"ganlab's {base.name} classifier (SmallCNN v{CLASSIFIER_VERSION}), 128-d penultimate layer"
             + (" per channel, concatenated (384-d); modes = product of the 3 digits' softmax" if stacked else ""))
     return extract, {"features": what, "weights": info["path"], "weights_sha256": info["weights_sha256"],
-                     "classifier_held_out_accuracy": info["held_out_accuracy"],
+                     "classifier_version": info["version"], "classifier_held_out_accuracy": info["held_out_accuracy"],
                      "classifier_data_fingerprint": info["data_fingerprint"],
                      "resize": "none (native resolution)", "grayscale_to_rgb": "none"}
