@@ -30,7 +30,7 @@ def config_dir() -> str:
 _EXAMPLES = {"optimizer.lr": "2e-4", "optimizer.lr_g": "1e-4", "optimizer.lr_d": "4e-4", "train.max_minutes": "60",
              "model.init_std": "0.02", "penalty.weight": "10", "train.clip_d": "0.01", "train.batch_size": "64",
              "model.z_dim": "100", "model.width": "64", "tricks.instance_noise": "0.1",
-             "tricks.ema_rampup": "0.05"}
+             "tricks.ema_rampup": "0.05", "tricks.self_ensemble": "3", "tricks.self_ensemble_every": "2000"}
 
 
 def _positive(value, name: str, *, integer: bool = True, allow_zero: bool = False) -> None:
@@ -165,6 +165,11 @@ def validate(cfg: DictConfig) -> None:
 
     if parse_diff_augment(tr.get("diff_augment")):
         _adversarial_only(m, "tricks.diff_augment", "tricks.diff_augment=null")
+    if tr.get("self_ensemble"):
+        _positive(tr.self_ensemble, "tricks.self_ensemble", allow_zero=True)
+        _positive(tr.self_ensemble_every, "tricks.self_ensemble_every")
+        if tr.self_ensemble > 1:
+            _adversarial_only(m, "tricks.self_ensemble", "tricks.self_ensemble=0")
     if not isinstance(tr.noisy_labels, bool):
         raise GanlabError(f"tricks.noisy_labels={tr.noisy_labels!r} is not valid: use true or false.")
 

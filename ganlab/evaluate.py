@@ -91,8 +91,9 @@ def evaluate(cfg) -> dict:
         state = load_checkpoint(checkpoint_path(str(target), cfg.checkpoint))
         run_cfg = OmegaConf.create(state["config"])
         dataset_cfg = cfg.dataset if cfg.get("dataset") is not None else run_cfg.dataset
-        kept_ema = any(key.endswith("_ema") and state[key] for key in state)  # generator_ema, generator_0_ema, ...
-        source_desc = f"{state['config']['model']['name']} step {state['step']} ({'EMA' if cfg.ema and kept_ema else 'raw'} weights)"
+        sampler = objective_class(run_cfg.model.get("objective", DEFAULT)).describe_checkpoint_sampler(
+            run_cfg, state, bool(cfg.ema))
+        source_desc = f"{state['config']['model']['name']} step {state['step']} ({sampler})"
         # beside the run's own metrics.json (written by training), never over it
         out = Path(cfg.out) if cfg.out else ((target if target.is_dir() else target.parent)
                                              / "eval" / str(cfg.checkpoint) / "metrics.json")

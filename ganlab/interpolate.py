@@ -60,6 +60,8 @@ def interpolate_run(cfg) -> Path:
     state = load_checkpoint(ckpt)
     device = resolve_device(cfg.device)
     g = load_generator(state, ema=bool(cfg.ema), device=device)
+    if hasattr(g, "members"):  # a self-ensemble mixes its members sample by sample: a path walks the latest G's space
+        g = g.members[-1]
     name = state["config"]["model"]["name"]
     gen = torch.Generator().manual_seed(int(cfg.seed))
     z0, z1 = sample_z(n, g.z_dim, generator=gen), sample_z(n, g.z_dim, generator=gen)

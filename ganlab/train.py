@@ -332,7 +332,7 @@ class _Run:
             metrics = ev.metrics if isinstance(ev.metrics, str) else list(ev.metrics)
             self.scorer = Scorer(source, real_ref, metrics, ev.features, ev.inception_weights, device, real_hist)
             self.protocol = {**self.scorer.protocol, "n_fake": int(ev.n),
-                             "generated_by": "EMA weights" if obj.ema else "raw weights",
+                             "generated_by": obj.sampler_description(),
                              "reference": {"dataset": source.name, "split": cfg.dataset.get("split", "sampled"),
                                            "seed": cfg.seed + 3}}
         self.logs = _LogSums(device)
@@ -379,6 +379,7 @@ class _Run:
         for name, ema in self.objective.ema.items():
             if name in updated:
                 ema.update(step)
+        self.objective.after_step(step)
 
     def _finite_everywhere(self, loss: torch.Tensor) -> bool:
         """train.on_nan=skip: this update's loss is finite on every rank (all skip it together, or none does)."""
@@ -670,7 +671,8 @@ class _Run:
                     self.last.update(metrics)
                     if self.main:
                         (self.run_dir / "metrics.json").write_text(json.dumps(
-                            {"step": step, "metrics": metrics, "best": self.best, "protocol": self.protocol},
+                            {"step": step, "metrics": metrics, "best": self.best,
+                             "protocol": {**self.protocol, "generated_by": self.objective.sampler_description()}},
                             indent=2) + "\n")
                 if self.hparams and self.last:
                     self.monitor.hparams(self.hparams, {k: v for k, v in self.last.items()

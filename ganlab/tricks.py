@@ -166,3 +166,79 @@ def clip_weights(params: list[torch.Tensor], c: float) -> None:
     """Clamp every weight to [-c, c] in place (WGAN's Lipschitz constraint)."""
     torch._foreach_clamp_min_(params, -c)
     torch._foreach_clamp_max_(params, c)
+
+
+class Snapshots:
+    """tricks.self_ensemble: copies of G's raw weights every `every` steps, the last `size` of them kept
+    (Wang et al. 2016, "Ensembles of generative adversarial networks": the self-ensemble of one run's
+    snapshots). The sampler is the uniform mixture of the current G and the size - 1 latest snapshots
+    taken before this step: a G whose class mix drifts from snapshot to snapshot (here: which digits
+    Stacked MNIST's G over-makes) averages those drifts in its mixture, which averaging the *weights*
+    (EMA) does not. Copies stay on G's device; taking one is a device copy, no host sync."""
+
+    def __init__(self, size: int, every: int):
+        self.size, self.every = int(size), int(every)
+        self.kept: list[tuple[int, dict]] = []  # (step, G's state_dict), oldest first
+
+    def take(self, step: int, model: nn.Module) -> None:
+        if step % self.every == 0:
+            self.kept = [*self.kept, (step, {k: v.detach().clone() for k, v in model.state_dict().items()})][-self.size:]
+
+    def members(self, step: int) -> list[tuple[int, dict]]:
+        """The snapshots the sampler mixes with the G of `step`: at most size - 1, all taken before `step`."""
+        return [(s, w) for s, w in self.kept if s < step][-(self.size - 1):] if self.size > 1 else []
+
+    def state_dict(self) -> dict:
+        return {"steps": [s for s, _ in self.kept], "weights": [w for _, w in self.kept]}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        state = state or {}
+        self.kept = list(zip([int(s) for s in state.get("steps", [])], state.get("weights", [])))[-self.size:]
+
+
+class SelfEnsemble(nn.Module):
+    """The uniform mixture of generators with one latent space: sample i of every call comes from member
+    i mod K, so each member makes exactly 1/K of any batch (K | n) and the z's stay i.i.d. within each.
+    `steps`: the training step of each member, for descriptions. Acts like one G (z_dim, conditional,
+    num_classes, g(z, y))."""
+
+    def __init__(self, members: list[nn.Module], steps: list[int]):
+        super().__init__()
+        if not members:
+            raise ValueError("a self-ensemble needs at least one member")
+        self.members, self.steps = nn.ModuleList(members), list(steps)
+        first = members[0]
+        self.z_dim, self.num_classes = first.z_dim, getattr(first, "num_classes", None)
+
+    @property
+    def conditional(self) -> bool:
+        return bool(getattr(self.members[0], "conditional", False))
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        k = len(self.members)
+        if k == 1:
+            return self.members[0](z, y)
+        parts = [m(z[i::k], None if y is None else y[i::k]) for i, m in enumerate(self.members) if len(z[i::k])]
+        out = parts[0].new_empty((len(z), *parts[0].shape[1:]))
+        for i, part in enumerate(parts):
+            out[i::k] = part
+        return out
+
+    def describe(self) -> str:
+        return f"self-ensemble of the raw weights at steps {', '.join(map(str, self.steps))}"
+
+
+def snapshot_net(template: nn.Module, weights: dict) -> nn.Module:
+    """A frozen copy of `template` (eval mode, no grad) holding a snapshot's weights."""
+    net = copy.deepcopy(template).requires_grad_(False)
+    net.load_state_dict(weights)
+    return net.eval()
+
+
+def self_ensemble(members: list[tuple[int, dict]], current: nn.Module, current_step: int) -> nn.Module:
+    """The sampler of a run with snapshots: `current` alone when there are none, else a SelfEnsemble of
+    frozen copies of it holding each snapshot's weights, and `current` last."""
+    if not members:
+        return current
+    return SelfEnsemble([*(snapshot_net(current, w) for _, w in members), current],
+                        [s for s, _ in members] + [current_step])

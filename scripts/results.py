@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import os
 import platform
 import shlex
@@ -112,6 +113,13 @@ def judge(metrics_json: Path) -> str:
     version = protocol.get("classifier_version") or next(
         (w[1:].rstrip("),") for w in protocol.get("features", "").split() if w.startswith("v") and w[1:2].isdigit()), "?")
     return named(version, protocol.get("classifier_held_out_accuracy"))
+
+
+def sampler(metrics_json: Path) -> str:
+    """What made a metrics.json's samples (its protocol's `generated_by`), without the steps that differ from run
+    to run: "EMA weights", "self-ensemble of the raw weights (tricks.self_ensemble=3, every 2000 steps)"."""
+    made_by = json.loads(Path(metrics_json).read_text()).get("protocol", {}).get("generated_by", "n/a")
+    return re.sub(r" at steps [0-9, ]*[0-9]", "", made_by)
 
 
 def launch(run: Run, out: Path) -> Run:

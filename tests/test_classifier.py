@@ -38,6 +38,29 @@ def test_class_histogram_counts_dropped_modes_and_its_kl():
     assert skewed["classes_captured"] == 10 and skewed["class_kl"] > 0.3 and skewed["class_kl_uniform"] == pytest.approx(0.0, abs=1e-12)
 
 
+def test_the_class_kls_standard_error_matches_the_spread_over_fresh_draws():
+    """class_kl(_uniform)_se from one histogram estimates how much the KL moves between independent draws
+    of the same size from the same distribution (here: 100 classes, skewed, 5,000 labels a draw)."""
+    k, n = 100, 5000
+    g = torch.Generator().manual_seed(3)
+    digit = torch.tensor([11.3, 8.2, 11.6, 6.5, 8.1, 10.2, 10.7, 12.2, 8.3, 13.0], dtype=torch.float64)
+    p = (digit[:, None] * digit[None, :]).flatten() / 100.0 ** 2  # two skewed digits, like Stacked MNIST's three
+    real = torch.ones(k)
+    draws = [class_histogram(torch.nn.functional.one_hot(torch.multinomial(p.float(), n, replacement=True,
+                                                                         generator=g), k).float(), real)
+             for _ in range(60)]
+    spread = torch.tensor([d["class_kl_uniform"] for d in draws]).std().item()
+    estimates = torch.tensor([d["class_kl_uniform_se"] for d in draws])
+    assert 0.7 * spread < estimates.median().item() < 1.5 * spread
+    assert all(d["class_kl_se"] == d["class_kl_uniform_se"] for d in draws)  # the real histogram here is uniform
+    again = class_histogram(torch.nn.functional.one_hot(torch.arange(n) % 7, k).float(), real)
+    assert again["class_kl_uniform_se"] == class_histogram(torch.nn.functional.one_hot(torch.arange(n) % 7, k).float(),
+                                                           real)["class_kl_uniform_se"] > 0  # seeded: repeatable
+    one_mode = class_histogram(torch.nn.functional.one_hot(torch.zeros(n, dtype=torch.long), k).float(), real)
+    assert one_mode["class_kl_uniform_se"] == pytest.approx(0.0, abs=1e-12)
+    assert one_mode["class_kl_uniform"] == pytest.approx(math.log(k))
+
+
 def test_the_training_shift_moves_each_image_whole_and_fills_with_background():
     """v2's augmentation: every image moves by its own whole-pixel offset in [-2, 2] per axis, nothing is
     rescaled, and what moves in is background (-1)."""

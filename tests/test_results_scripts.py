@@ -41,3 +41,14 @@ def test_judge_names_the_classifier_that_scored_a_run(tmp_path):
     assert judge(path) == "SmallCNN v?"  # not a classifier's numbers: no version to name
     assert judged({"version": 2, "held_out_accuracy": 0.9804}) == ", SmallCNN v2, held-out accuracy 0.980"
     assert judged(None) == ""
+
+
+def test_sampler_names_what_made_the_samples_without_each_runs_steps(tmp_path):
+    from results import sampler
+
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({"metrics": {}, "protocol": {"generated_by": "self-ensemble of the raw weights at steps "
+                                                                            "8000, 10000, 10412 (tricks.self_ensemble=3, every 2000 steps)"}}))
+    assert sampler(path) == "self-ensemble of the raw weights (tricks.self_ensemble=3, every 2000 steps)"
+    path.write_text(json.dumps({"metrics": {}, "protocol": {"generated_by": "EMA weights"}}))
+    assert sampler(path) == "EMA weights"

@@ -1,6 +1,7 @@
 """The one training loop, in process on the real composed configs: every model on every dataset
 it supports, checkpoints, the wall-clock budget, divergence, and what reaches TensorBoard."""
 
+import json
 import math
 
 import pytest
@@ -179,11 +180,16 @@ def test_lr_decay_reaches_the_optimizers_and_tensorboard(tmp_path):
 
 
 def test_the_stacked_mnist_recipe_trains_and_is_scored(data_root, tmp_path):
-    """experiment=stacked_mnist as a whole (packs of 2, hinge + R1 on the real packs, EMA), shrunk: it trains,
-    and the end-of-run evaluation counts the 1,000 modes with the per-channel classifier."""
-    cfg = compose("experiment=stacked_mnist", *tiny(*dataset_overrides("stacked_mnist", data_root)), "eval.n=64")
+    """experiment=stacked_mnist as a whole (packs of 2, hinge + R1 on the real packs, the self-ensemble), shrunk:
+    it trains, and the end-of-run evaluation counts the 1,000 modes with the per-channel classifier on the
+    samples of the mixture (snapshots every step here, so steps 1, 2 and 3)."""
+    cfg = compose("experiment=stacked_mnist", *tiny(*dataset_overrides("stacked_mnist", data_root)), "eval.n=64",
+                  "tricks.self_ensemble_every=1")
     assert cfg.eval.every == 3  # the recipe's own end-of-run evaluation (its settings: test_config)
     result = train(cfg, tmp_path)
     assert result["step"] == 3 and math.isfinite(result["Loss/D"]) and math.isfinite(result["Loss/G"])
     assert 1 <= result["Metrics/classes_captured"] <= 64 and result["Metrics/class_kl_uniform"] > 0
+    assert result["Metrics/class_kl_uniform_se"] >= 0
     assert "Metrics/fd" in result
+    protocol = json.loads((tmp_path / "metrics.json").read_text())["protocol"]
+    assert protocol["generated_by"].startswith("self-ensemble of the raw weights at steps 1, 2, 3")

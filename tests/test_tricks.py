@@ -13,7 +13,7 @@ from ganlab.models import build_models, d_pack
 from ganlab.models.base import MinibatchStdDev, pack_samples
 from ganlab.optim import make_optimizers
 from ganlab.train import train
-from ganlab.tricks import EMA, d_targets, diff_augment, instance_noise_std, parse_diff_augment
+from ganlab.tricks import EMA, SelfEnsemble, Snapshots, d_targets, diff_augment, instance_noise_std, parse_diff_augment
 from conftest import compose, dataset_overrides, read_events
 
 
@@ -319,3 +319,92 @@ def test_diff_augment_reaches_every_d_input_in_both_phases(monkeypatch, tmp_path
     assert all(ops == ("translation", "cutout") for ops, _ in calls)
     assert all(torch.equal(x, out) for x, (_, out) in zip(seen, calls))  # D sees exactly the augmented images
     assert all((out == 0).flatten(1).any(1).all() for _, out in calls)  # every image has its cutout
+
+
+def test_snapshots_keep_the_latest_and_the_sampler_takes_those_before_this_step():
+    net = torch.nn.Linear(2, 2)
+    snaps = Snapshots(size=3, every=2)
+    for step in range(1, 8):
+        with torch.no_grad():
+            net.weight.fill_(step)
+        snaps.take(step, net)
+    assert [s for s, _ in snaps.kept] == [2, 4, 6]  # every 2 steps, the last 3
+    assert all(float(w["weight"][0, 0]) == s for s, w in snaps.kept)  # copies, not views of the live weights
+    assert [s for s, _ in snaps.members(7)] == [4, 6]  # size - 1 of them beside the G of step 7
+    assert [s for s, _ in snaps.members(6)] == [2, 4]  # step 6's own snapshot is the current G: not twice
+    again = Snapshots(size=3, every=2)
+    again.load_state_dict(snaps.state_dict())
+    assert [s for s, _ in again.members(7)] == [4, 6]
+    assert Snapshots(size=3, every=2).members(7) == []  # nothing kept yet: the current G alone
+
+
+class _Tagged(torch.nn.Module):
+    """A stand-in G: outputs its tag and remembers what it was given."""
+
+    def __init__(self, tag):
+        super().__init__()
+        self.tag, self.z_dim, self.num_classes, self.conditional, self.seen = tag, 2, 5, True, []
+
+    def forward(self, z, y=None):
+        self.seen.append((z, y))
+        return torch.full((len(z), 1), float(self.tag))
+
+
+def test_a_self_ensemble_gives_member_k_every_kth_sample():
+    members = [_Tagged(0), _Tagged(1), _Tagged(2)]
+    g = SelfEnsemble(members, [4, 6, 7])
+    z, y = torch.randn(10, 2), torch.arange(10) % 5
+    out = g(z, y)
+    assert out.flatten().tolist() == [i % 3 for i in range(10)]  # exactly 4 / 3 / 3 of the 10
+    for k, m in enumerate(members):
+        assert torch.equal(m.seen[0][0], z[k::3]) and torch.equal(m.seen[0][1], y[k::3])
+    assert g.z_dim == 2 and g.conditional and g.num_classes == 5
+    assert g.describe() == "self-ensemble of the raw weights at steps 4, 6, 7"
+    assert g(torch.randn(2, 2), None).flatten().tolist() == [0.0, 1.0]  # fewer samples than members
+
+
+def test_a_self_ensemble_run_samples_from_its_snapshots_and_resumes_them(tmp_path):
+    """tricks.self_ensemble=3 every 2 steps: the snapshots at steps 2, 4, 6 are G's weights then (step 6's
+    checkpoint holds the same), the end-of-run evaluation scores the mixture of steps 4, 6 and 7, `ganlab eval`'s
+    loader rebuilds it (ema=false: the raw G alone), and a resumed run continues the snapshots."""
+    import json
+
+    from ganlab.objectives import load_generator
+
+    def run(steps, *extra):
+        cfg = compose("model=gan", "dataset=ring8", "device=cpu", f"train.steps={steps}", "train.batch_size=32",
+                      "train.progress=none", "train.log_every=1", "train.ckpt_every=3", "eval.every=100", "eval.n=200",
+                      "tricks.self_ensemble=3", "tricks.self_ensemble_every=2", *extra)
+        return train(cfg, tmp_path)
+
+    run(7)
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    snaps = state["objective"]["snapshots"]
+    assert snaps["steps"] == [2, 4, 6]
+    at6 = torch.load(tmp_path / "checkpoints" / "step_00000006.pt", weights_only=True)["generator"]
+    assert all(torch.equal(snaps["weights"][2][k], v) for k, v in at6.items())
+    assert not all(torch.equal(snaps["weights"][1][k], v) for k, v in at6.items())
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    assert record["protocol"]["generated_by"].startswith("self-ensemble of the raw weights at steps 4, 6, 7")
+    g = load_generator(state)
+    assert isinstance(g, SelfEnsemble) and g.steps == [4, 6, 7]
+    assert all(torch.equal(g.members[1].state_dict()[k], v) for k, v in at6.items())
+    assert not isinstance(load_generator(state, ema=False), SelfEnsemble)
+    assert g(torch.randn(6, g.z_dim)).shape == (6, 2)
+    run(9, "resume=true")
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert state["objective"]["snapshots"]["steps"] == [4, 6, 8]
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    assert record["protocol"]["generated_by"].startswith("self-ensemble of the raw weights at steps 6, 8, 9")
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (("tricks.self_ensemble=-1",), "tricks.self_ensemble=-1 is not valid"),
+    (("tricks.self_ensemble=3", "tricks.self_ensemble_every=0"), "tricks.self_ensemble_every=0 is not valid"),
+    (("model=pggan", "tricks.self_ensemble=3"), "tricks.self_ensemble is for the one-G-one-D families"),
+])
+def test_bad_self_ensemble_settings_are_refused_before_training(overrides, expected):
+    from ganlab.config import validate
+
+    with pytest.raises(GanlabError, match=expected):
+        validate(compose("model=gan", *overrides))

@@ -24,8 +24,9 @@ from ganlab.losses import d_score_logs, get_loss, get_penalty
 from ganlab.models import build_models, d_pack, generate, resolve_backbone, sample_z
 from ganlab.objectives.base import Objective, Phase, Runtime, generator_weights
 from ganlab.optim import make_optimizers
-from ganlab.tricks import (add_instance_noise, clip_weights, d_targets, diff_augment, instance_noise_std, make_emas,
-                           parse_diff_augment, uses_label_tricks)
+from ganlab.tricks import (SelfEnsemble, Snapshots, add_instance_noise, clip_weights, d_targets, diff_augment,
+                           instance_noise_std, make_emas, parse_diff_augment, self_ensemble, snapshot_net,
+                           uses_label_tricks)
 from ganlab.viz import image_grid, scatter_image
 
 log = logging.getLogger("ganlab")
@@ -52,6 +53,10 @@ class Adversarial(Objective):
         self.nets = {"generator": g, "discriminator": d}
         self.optimizers = {"g": opt_g, "d": opt_d}
         self.ema = make_emas(tricks, self.nets, ["generator"])
+        size = int(tricks.get("self_ensemble") or 0)
+        self.snapshots = Snapshots(size, int(tricks.get("self_ensemble_every") or 1)) if size > 1 else None
+        self._ensemble_cache: tuple[tuple[int, ...], list] = ((), [])
+        self._step = 0
 
         self.source, self.device, self.tricks = source, device, tricks
         self.steps_total = int(t.steps)
@@ -151,8 +156,36 @@ class Adversarial(Objective):
         std = self._noise_std(step)
         return {"Tricks/instance_noise_std": std} if std > 0 else {}
 
+    def after_step(self, step: int) -> None:
+        self._step = step
+        if self.snapshots is not None:
+            self.snapshots.take(step, self.nets["generator"])
+
+    def state_dict(self) -> dict:
+        return {"snapshots": self.snapshots.state_dict(), "step": self._step} if self.snapshots is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.snapshots is not None:
+            self.snapshots.load_state_dict(state.get("snapshots"))
+            self._step = int(state.get("step", 0))
+
     def sampler(self):
-        return self.ema["generator"].module if self.ema else self.nets["generator"]
+        if self.snapshots is None:
+            return self.ema["generator"].module if self.ema else self.nets["generator"]
+        g, members = self.nets["generator"], self.snapshots.members(self._step)
+        key = tuple(s for s, _ in members)
+        if key != self._ensemble_cache[0]:  # copies of G made once per new snapshot, not per call
+            old = dict(zip(self._ensemble_cache[0], self._ensemble_cache[1]))
+            nets = [old[s] if s in old else snapshot_net(g, w) for s, w in members]
+            self._ensemble_cache = (key, nets)
+        return SelfEnsemble([*self._ensemble_cache[1], g], [*key, self._step]) if members else g
+
+    def sampler_description(self) -> str:
+        if self.snapshots is not None:
+            steps = [s for s, _ in self.snapshots.members(self._step)] + [self._step]
+            return (f"self-ensemble of the raw weights at steps {', '.join(map(str, steps))} (tricks.self_ensemble="
+                    f"{self.snapshots.size}, every {self.snapshots.every} steps)")
+        return super().sampler_description()
 
     def snapshot(self, step: int) -> dict[str, Tensor]:
         g = self.sampler()
@@ -170,7 +203,29 @@ class Adversarial(Objective):
 
     @classmethod
     def load_generator(cls, cfg, state: dict, ema: bool, device):
+        """The run's sampler: with tricks.self_ensemble the mixture of the saved snapshots and the raw G
+        (`ema` then means "the run's sampler"; false: the raw G alone), else the EMA or raw G."""
         source = build_source(cfg.dataset)  # sources read no data until asked to
         g, _ = build_models(cfg.model, source)
-        g.load_state_dict(generator_weights(state, ema))
-        return g.to(device).eval()
+        members = cls._saved_members(cfg, state, ema)
+        g.load_state_dict(state["generator"] if members is not None else generator_weights(state, ema))
+        return self_ensemble(members or [], g, int(state["step"])).to(device).eval()
+
+    @staticmethod
+    def _saved_members(cfg, state: dict, ema: bool) -> list[tuple[int, dict]] | None:
+        """The snapshots that join the raw G of `state` in its run's sampler (none yet early in a run); None when
+        the run has no self-ensemble or `ema` is false (the EMA or raw G alone)."""
+        size = int(cfg.tricks.get("self_ensemble") or 0)
+        if size < 2 or not ema:
+            return None
+        snaps = Snapshots(size, int(cfg.tricks.get("self_ensemble_every") or 1))
+        snaps.load_state_dict((state.get("objective") or {}).get("snapshots"))
+        return snaps.members(int(state["step"]))
+
+    @classmethod
+    def describe_checkpoint_sampler(cls, cfg, state: dict, ema: bool) -> str:
+        members = cls._saved_members(cfg, state, ema)
+        if members is None:
+            return super().describe_checkpoint_sampler(cfg, state, ema)
+        steps = [*(s for s, _ in members), int(state["step"])]
+        return f"self-ensemble of the raw weights at steps {', '.join(map(str, steps))}"

@@ -159,9 +159,17 @@ class Objective:
         """The run's training data (`batches.preview(n)`: its first n images), for objectives that need
         fixed real inputs for their snapshots (inpainting's rows). Called once, before training."""
 
+    def after_step(self, step: int) -> None:
+        """Called by the loop at the end of every step (after the EMA updates): e.g. tricks.self_ensemble's
+        snapshots of G. No host syncs here."""
+
     def generate(self, n: int, generator: torch.Generator) -> Tensor:
         """n samples for the metrics, drawn with `generator`."""
         raise NotImplementedError
+
+    def sampler_description(self) -> str:
+        """What makes the samples the evaluation scores (metrics.json's protocol, `generated_by`)."""
+        return "EMA weights" if self.ema else "raw weights"
 
     def evaluation(self, n: int, generator: torch.Generator, real: Tensor) -> tuple[Tensor, dict[str, float]]:
         """What the evaluation scores: n samples for the run's scorer (compared with `real`, the reference
@@ -181,6 +189,12 @@ class Objective:
         torch.manual_seed(int(generator.initial_seed()))  # noise inputs (StyleGAN, LapGAN's finer levels)
         fake, _ = generate(g, n, generator=generator, device=device)
         return fake.float().cpu(), {}
+
+    @classmethod
+    def describe_checkpoint_sampler(cls, cfg, state: dict, ema: bool) -> str:
+        """What `load_generator(cfg, state, ema)` samples with, for `ganlab eval`'s protocol."""
+        kept_ema = any(key.endswith("_ema") and state[key] for key in state)  # generator_ema, generator_0_ema, ...
+        return f"{'EMA' if ema and kept_ema else 'raw'} weights"
 
     def state_dict(self) -> dict:
         """State beyond nets, optimizers and EMA that a resume needs (plain containers, tensors)."""
