@@ -207,6 +207,7 @@ class SelfEnsemble(nn.Module):
         if not members:
             raise ValueError("a self-ensemble needs at least one member")
         self.members, self.steps = nn.ModuleList(members), list(steps)
+        self.training = members[-1].training  # callers that switch to eval and back restore the current G's mode
         first = members[0]
         self.z_dim, self.num_classes = first.z_dim, getattr(first, "num_classes", None)
 
