@@ -180,6 +180,12 @@ class Snapshots:
         self.size, self.every = int(size), int(every)
         self.kept: list[tuple[int, dict]] = []  # (step, G's state_dict), oldest first
 
+    @classmethod
+    def of(cls, tricks) -> "Snapshots | None":
+        """tricks.self_ensemble's snapshots, or None when it is off (0 or 1)."""
+        size = int(tricks.get("self_ensemble") or 0)
+        return cls(size, int(tricks.get("self_ensemble_every") or 1)) if size > 1 else None
+
     def take(self, step: int, model: nn.Module) -> None:
         if step % self.every == 0:
             self.kept = [*self.kept, (step, {k: v.detach().clone() for k, v in model.state_dict().items()})][-self.size:]
@@ -226,7 +232,12 @@ class SelfEnsemble(nn.Module):
         return out
 
     def describe(self) -> str:
-        return f"self-ensemble of the raw weights at steps {', '.join(map(str, self.steps))}"
+        return describe_ensemble(self.steps)
+
+
+def describe_ensemble(steps: list[int]) -> str:
+    """How metrics.json names a self-ensemble's samples (the steps of its members)."""
+    return f"self-ensemble of the raw weights at steps {', '.join(map(str, steps))}"
 
 
 def snapshot_net(template: nn.Module, weights: dict) -> nn.Module:

@@ -24,8 +24,8 @@ from ganlab.losses import d_score_logs, get_loss, get_penalty
 from ganlab.models import build_models, d_pack, generate, resolve_backbone, sample_z
 from ganlab.objectives.base import Objective, Phase, Runtime, generator_weights
 from ganlab.optim import make_optimizers
-from ganlab.tricks import (SelfEnsemble, Snapshots, add_instance_noise, clip_weights, d_targets, diff_augment,
-                           instance_noise_std, make_emas, parse_diff_augment, self_ensemble, snapshot_net,
+from ganlab.tricks import (SelfEnsemble, Snapshots, add_instance_noise, clip_weights, d_targets, describe_ensemble,
+                           diff_augment, instance_noise_std, make_emas, parse_diff_augment, self_ensemble, snapshot_net,
                            uses_label_tricks)
 from ganlab.viz import image_grid, scatter_image
 
@@ -53,8 +53,7 @@ class Adversarial(Objective):
         self.nets = {"generator": g, "discriminator": d}
         self.optimizers = {"g": opt_g, "d": opt_d}
         self.ema = make_emas(tricks, self.nets, ["generator"])
-        size = int(tricks.get("self_ensemble") or 0)
-        self.snapshots = Snapshots(size, int(tricks.get("self_ensemble_every") or 1)) if size > 1 else None
+        self.snapshots = Snapshots.of(tricks)
         self._ensemble_cache: tuple[tuple[int, ...], list] = ((), [])
         self._step = 0
 
@@ -183,8 +182,8 @@ class Adversarial(Objective):
     def sampler_description(self) -> str:
         if self.snapshots is not None:
             steps = [s for s, _ in self.snapshots.members(self._step)] + [self._step]
-            return (f"self-ensemble of the raw weights at steps {', '.join(map(str, steps))} (tricks.self_ensemble="
-                    f"{self.snapshots.size}, every {self.snapshots.every} steps)")
+            return (f"{describe_ensemble(steps)} (tricks.self_ensemble={self.snapshots.size}, "
+                    f"every {self.snapshots.every} steps)")
         return super().sampler_description()
 
     def snapshot(self, step: int) -> dict[str, Tensor]:
@@ -215,10 +214,9 @@ class Adversarial(Objective):
     def _saved_members(cfg, state: dict, ema: bool) -> list[tuple[int, dict]] | None:
         """The snapshots that join the raw G of `state` in its run's sampler (none yet early in a run); None when
         the run has no self-ensemble or `ema` is false (the EMA or raw G alone)."""
-        size = int(cfg.tricks.get("self_ensemble") or 0)
-        if size < 2 or not ema:
+        snaps = Snapshots.of(cfg.tricks)
+        if snaps is None or not ema:
             return None
-        snaps = Snapshots(size, int(cfg.tricks.get("self_ensemble_every") or 1))
         snaps.load_state_dict((state.get("objective") or {}).get("snapshots"))
         return snaps.members(int(state["step"]))
 
@@ -227,5 +225,4 @@ class Adversarial(Objective):
         members = cls._saved_members(cfg, state, ema)
         if members is None:
             return super().describe_checkpoint_sampler(cfg, state, ema)
-        steps = [*(s for s, _ in members), int(state["step"])]
-        return f"self-ensemble of the raw weights at steps {', '.join(map(str, steps))}"
+        return describe_ensemble([*(s for s, _ in members), int(state["step"])])
