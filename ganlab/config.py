@@ -151,9 +151,12 @@ def validate(cfg: DictConfig) -> None:
         raise GanlabError(f"eval.features={ev.features!r} is not valid: use {', '.join(FEATURES)}.")
 
     tr = cfg.tricks
-    for key in ("label_smoothing", "flip_labels"):
-        if not isinstance(tr[key], (int, float)) or isinstance(tr[key], bool) or not 0 <= tr[key] < 1:
-            raise GanlabError(f"tricks.{key}={tr[key]!r} is not valid: use a number in [0, 1), e.g. 0.1.")
+    for key in ("label_smoothing", "flip_labels", "jacobian_truncation"):
+        value = tr.get(key, 0.0)  # runs saved before a trick existed lack its key
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
+            raise GanlabError(f"tricks.{key}={value!r} is not valid: use a number in [0, 1), e.g. 0.1.")
+    if tr.get("jacobian_truncation"):
+        _adversarial_only(m, "tricks.jacobian_truncation", "tricks.jacobian_truncation=0")
     if not isinstance(tr.ema, (int, float)) or isinstance(tr.ema, bool) or not 0 <= tr.ema < 1:
         raise GanlabError(f"tricks.ema={tr.ema!r} is not valid: use a decay in [0, 1) such as 0.999 (0 = off).")
     if tr.get("ema_rampup") is not None:

@@ -18,7 +18,7 @@ from ganlab.checkpoint import checkpoint_path, load_checkpoint
 from ganlab.device import resolve_device
 from ganlab.errors import GanlabError
 from ganlab.metrics.scorer import Scorer, real_samples
-from ganlab.objectives import DEFAULT, objective_class
+from ganlab.objectives import DEFAULT, objective_class, with_truncation
 
 
 def _load_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -88,7 +88,8 @@ def evaluate(cfg) -> dict:
         dataset_cfg, source_desc = cfg.dataset, "npz"
         out = Path(cfg.out) if cfg.out else target.with_suffix(".metrics.json")
     else:
-        state = load_checkpoint(checkpoint_path(str(target), cfg.checkpoint))
+        state = with_truncation(load_checkpoint(checkpoint_path(str(target), cfg.checkpoint)),
+                                cfg.get("jacobian_truncation"))
         run_cfg = OmegaConf.create(state["config"])
         dataset_cfg = cfg.dataset if cfg.get("dataset") is not None else run_cfg.dataset
         sampler = objective_class(run_cfg.model.get("objective", DEFAULT)).describe_checkpoint_sampler(

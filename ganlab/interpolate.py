@@ -18,6 +18,7 @@ from ganlab.device import resolve_device
 from ganlab.errors import GanlabError
 from ganlab.models import sample_z
 from ganlab.objectives import load_generator
+from ganlab.tricks import walkable
 from ganlab.viz import image_grid
 
 
@@ -59,9 +60,7 @@ def interpolate_run(cfg) -> Path:
     ckpt = checkpoint_path(cfg.run, cfg.checkpoint)
     state = load_checkpoint(ckpt)
     device = resolve_device(cfg.device)
-    g = load_generator(state, ema=bool(cfg.ema), device=device)
-    if hasattr(g, "members"):  # a self-ensemble mixes its members sample by sample: a path walks the latest G's space
-        g = g.members[-1]
+    g = walkable(load_generator(state, ema=bool(cfg.ema), device=device))  # one G's latent space, untruncated
     name = state["config"]["model"]["name"]
     gen = torch.Generator().manual_seed(int(cfg.seed))
     z0, z1 = sample_z(n, g.z_dim, generator=gen), sample_z(n, g.z_dim, generator=gen)

@@ -12,7 +12,7 @@ from ganlab.checkpoint import checkpoint_path, load_checkpoint
 from ganlab.device import resolve_device
 from ganlab.errors import GanlabError
 from ganlab.models import generate
-from ganlab.objectives import load_generator
+from ganlab.objectives import load_generator, with_truncation
 
 
 def to_uint8_nhwc(x: torch.Tensor) -> np.ndarray:
@@ -24,7 +24,7 @@ def sample_run(cfg) -> Path:
     if cfg.n is None or int(cfg.n) <= 0:
         raise GanlabError(f"n={cfg.n} is not valid: it must be an integer > 0.")
     device = resolve_device(cfg.device)
-    state = load_checkpoint(checkpoint_path(cfg.run, cfg.checkpoint))
+    state = with_truncation(load_checkpoint(checkpoint_path(cfg.run, cfg.checkpoint)), cfg.get("jacobian_truncation"))
     g = load_generator(state, ema=bool(cfg.ema), device=device)
     psi = cfg.get("truncation")
     if psi is not None:

@@ -254,3 +254,104 @@ def self_ensemble(members: list[tuple[int, dict]], current: nn.Module, current_s
         return current
     return SelfEnsemble([*(snapshot_net(current, w) for _, w in members), current],
                         [s for s, _ in members] + [current_step])
+
+
+# ------------------------------------------------------------------- Jacobian-based truncation
+JBT_REFERENCE = 4096  # prior latents that set the threshold (a fixed seed: the same latents at every call)
+JBT_MAX_ROUNDS = 200  # redraw rounds before giving up (at a 10% rejection rate, one round in a thousand is needed)
+
+
+def jacobian_norms(g: nn.Module, z: torch.Tensor, y: torch.Tensor | None = None,
+                   chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """(G(z), ||dG(z)/dz||_F per row), exact: one forward-mode pass along each latent axis (z_dim passes, each
+    giving G(z) and one column of the Jacobian), in chunks of `chunk` rows. Works under no_grad."""
+    from torch.func import jvp
+
+    outs, norms = [], []
+    for i in range(0, len(z), chunk):
+        zc, yc = z[i:i + chunk], None if y is None else y[i:i + chunk]
+        square, x = zc.new_zeros(len(zc)), None
+        for k in range(zc.shape[1]):
+            axis = torch.zeros_like(zc)
+            axis[:, k] = 1
+            x, column = jvp(lambda v: g(v, yc), (zc,), (axis,))
+            square = square + column.flatten(1).float().square().sum(1)
+        outs.append(x)
+        norms.append(square.sqrt())
+    return torch.cat(outs), torch.cat(norms)
+
+
+class JacobianTruncation(nn.Module):
+    """Jacobian-based truncation (JBT; Tanielian et al. 2020, "Learning disconnected manifolds: a no GAN's
+    land"): a G fed by a connected latent space must cross the gaps between disconnected modes, and does so
+    where it is steepest. Latents whose ||dG/dz||_F exceeds `threshold` (the prior's top `fraction`) are
+    redrawn until they pass, so the sampler is G on the prior restricted to {||J|| <= threshold}. The
+    redraws come from a generator seeded by the bytes of z: the same z gives the same samples. Acts like
+    one G (z_dim, conditional, num_classes, g(z, y)); `g` is the wrapped sampler."""
+
+    def __init__(self, g: nn.Module, fraction: float, threshold: float):
+        super().__init__()
+        self.g, self.fraction, self.threshold = g, float(fraction), float(threshold)
+        self.training = g.training
+        self.z_dim, self.num_classes = g.z_dim, getattr(g, "num_classes", None)
+
+    @property
+    def conditional(self) -> bool:
+        return bool(getattr(self.g, "conditional", False))
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        import zlib
+
+        x, norms = jacobian_norms(self.g, z, y)
+        todo = (norms > self.threshold).nonzero().view(-1)
+        if not len(todo):
+            return x
+        x = x.clone()
+        gen = torch.Generator(device=z.device).manual_seed(zlib.crc32(z.detach().cpu().numpy().tobytes()))
+        for _ in range(JBT_MAX_ROUNDS):
+            fresh = torch.randn(len(todo), *z.shape[1:], generator=gen, device=z.device, dtype=z.dtype)
+            x_new, n_new = jacobian_norms(self.g, fresh, None if y is None else y[todo])
+            ok = n_new <= self.threshold
+            x[todo[ok]] = x_new[ok]
+            todo = todo[~ok]
+            if not len(todo):
+                return x
+        raise GanlabError(f"Jacobian truncation: {len(todo)} latents still above the threshold "
+                          f"{self.threshold:.4g} after {JBT_MAX_ROUNDS} redraws; lower tricks.jacobian_truncation.")
+
+    def describe(self) -> str:
+        return describe_truncation(self.fraction, self.threshold)
+
+
+def describe_truncation(fraction: float, threshold: float | None = None) -> str:
+    """How metrics.json names Jacobian-truncated samples."""
+    at = f", ‖dG/dz‖_F <= {threshold:.4g}" if threshold is not None else ""
+    return (f"Jacobian-truncated: latents in the prior's top {fraction * 100:g}% of ‖dG/dz‖_F redrawn "
+            f"(tricks.jacobian_truncation={fraction:g}{at}; Tanielian et al. 2020)")
+
+
+@torch.no_grad()
+def jacobian_truncation(g: nn.Module, fraction: float) -> nn.Module:
+    """`g` wrapped in a JacobianTruncation dropping the prior's top `fraction` of Jacobian norms (the
+    threshold: that quantile over JBT_REFERENCE fixed prior latents, and uniform labels for a conditional G),
+    or `g` itself when fraction is 0. The threshold is measured in eval mode; g's mode is restored."""
+    if not fraction:
+        return g
+    device = next(g.parameters()).device
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(JBT_REFERENCE, g.z_dim, generator=gen).to(device)
+    y = (torch.randint(int(g.num_classes), (JBT_REFERENCE,), generator=gen).to(device)
+         if getattr(g, "conditional", False) else None)
+    was_training = g.training
+    g.eval()
+    _, norms = jacobian_norms(g, z, y)
+    g.train(was_training)
+    return JacobianTruncation(g, fraction, float(norms.quantile(1 - float(fraction))))
+
+
+def walkable(g: nn.Module) -> nn.Module:
+    """The one G whose latent space a path can walk: a Jacobian truncation's G (a path must cross the
+    steep latents it redraws), a self-ensemble's latest member (it mixes members sample by sample)."""
+    if isinstance(g, JacobianTruncation):
+        g = g.g
+    return g.members[-1] if isinstance(g, SelfEnsemble) else g

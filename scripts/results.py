@@ -89,11 +89,15 @@ class Run:
 
 
 def slug(overrides: list[str]) -> str:
+    """A run's folder name: its overrides, and a hash of them and of the text of any recipe they name
+    (`experiment=X`: conf/experiment/X.yaml), so an edited recipe makes new runs instead of reusing old ones."""
     import hashlib
     import re
 
     readable = re.sub(r"[^A-Za-z0-9_.=-]+", "_", ",".join(o for o in overrides if not o.startswith("dataset.root")))
-    return readable[:80] + "-" + hashlib.sha1(" ".join(overrides).encode()).hexdigest()[:8]
+    recipes = [REPO / "conf" / "experiment" / f"{o.split('=', 1)[1]}.yaml" for o in overrides if o.startswith("experiment=")]
+    key = " ".join(overrides) + "".join(p.read_text() for p in recipes if p.is_file())
+    return readable[:80] + "-" + hashlib.sha1(key.encode()).hexdigest()[:8]
 
 
 def named(version, accuracy) -> str:
@@ -360,7 +364,11 @@ def write_doc(args, sections: dict[str, list[Run]], total_wall: float) -> str:
               "within 3 std (1 - e^-4.5), so ring8's 99% asks for more than the data's own share. A G that squeezes "
               "its modes scores above that share: the mode width column (`Metrics/mode_spread`: the RMS distance of "
               "the high-quality samples to their mode over exact samples', 1 = the data's) shows how narrow the "
-              "recipes' modes are, and what is left below 100% is samples between the modes.", "",
+              "recipes' modes are. A G on a connected latent space must also put samples between the modes, where "
+              "it is steepest; the recipes sample with Jacobian-based truncation (`tricks.jacobian_truncation`, "
+              "Tanielian et al. 2020: the prior's latents with the top 10% (grid25) / 5% (ring8) of "
+              "‖dG/dz‖_F are redrawn), which removes those. Training is unchanged; `ganlab eval target=RUN "
+              "jacobian_truncation=0` scores the same G without it.", "",
               "| recipe | G steps | modes (papers' rule) | modes (strict) | high quality | reverse KL | mode width / data's | wall (min, 1 thread) |",
               "|---|---|---|---|---|---|---|---|"]
     lines += [mixture_row(name, runs, with_wall=True) for name, runs in group(sections["experiments"]).items()]

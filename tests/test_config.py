@@ -42,6 +42,7 @@ def test_experiments_hold_whole_recipes_and_the_command_line_still_wins():
         cfg = compose(f"experiment={name}")
         assert cfg.dataset.name == name and cfg.penalty.name == "r1" and cfg.loss.name == "nonsaturating"
         assert cfg.train.lr_decay_from is not None and cfg.model.g_norm == "none"
+        assert 0 < cfg.tricks.jacobian_truncation <= 0.1  # samples without G's steepest latents (JBT)
     cfg = compose("experiment=grid25", "train.steps=10", "penalty.weight=2", "loss=hinge")
     assert cfg.train.steps == 10 and cfg.penalty.weight == 2 and cfg.loss.name == "hinge"
     assert cfg.dataset.name == "grid25" and cfg.model.z_dim == compose("experiment=grid25").model.z_dim

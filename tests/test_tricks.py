@@ -13,7 +13,8 @@ from ganlab.models import build_models, d_pack
 from ganlab.models.base import MinibatchStdDev, pack_samples
 from ganlab.optim import make_optimizers
 from ganlab.train import train
-from ganlab.tricks import EMA, SelfEnsemble, Snapshots, d_targets, diff_augment, instance_noise_std, parse_diff_augment
+from ganlab.tricks import (EMA, JacobianTruncation, SelfEnsemble, Snapshots, d_targets, diff_augment, instance_noise_std,
+                           jacobian_norms, jacobian_truncation, parse_diff_augment, walkable)
 from conftest import compose, dataset_overrides, read_events
 
 
@@ -404,6 +405,109 @@ def test_a_self_ensemble_run_samples_from_its_snapshots_and_resumes_them(tmp_pat
     (("model=pggan", "tricks.self_ensemble=3"), "tricks.self_ensemble is for the one-G-one-D families"),
 ])
 def test_bad_self_ensemble_settings_are_refused_before_training(overrides, expected):
+    from ganlab.config import validate
+
+    with pytest.raises(GanlabError, match=expected):
+        validate(compose("model=gan", *overrides))
+
+
+class _Cubed(torch.nn.Module):
+    """G(z) = z**3 on 2D latents: ||dG/dz||_F = 3 sqrt(z0^4 + z1^4), known in closed form."""
+    z_dim, conditional, num_classes = 2, False, None
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, z, y=None):
+        return self.scale * z ** 3
+
+
+def test_jacobian_norms_are_exact_under_no_grad():
+    """Forward-mode norms equal reverse-mode Jacobians' (torch.func.jacrev), chunked, for a real G; G(z) comes too."""
+    from torch.func import jacrev, vmap
+
+    g, _ = build_models(compose("model=gan", "dataset=grid25").model, _grid25())
+    g.eval()  # the family's default G has BatchNorm: its running statistics, as at sampling
+    z = torch.randn(50, g.z_dim, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        x, norms = jacobian_norms(g, z, chunk=16)
+    exact = vmap(jacrev(lambda v: g(v.unsqueeze(0), None).squeeze(0)))(z).flatten(1).norm(dim=1)
+    torch.testing.assert_close(norms, exact.detach(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(x, g(z, None).detach())  # the forward-mode primal: equal up to rounding
+
+
+def test_a_jacobian_truncation_redraws_the_steepest_latents_and_only_those():
+    g = _Cubed()
+    sampler = jacobian_truncation(g, 0.2)
+    z = torch.randn(4000, 2, generator=torch.Generator().manual_seed(1))
+    steep = 3 * z.pow(4).sum(1).sqrt() > sampler.threshold
+    assert 0.17 < steep.float().mean() < 0.23  # the threshold is the prior's 80th percentile
+    with torch.no_grad():
+        x = sampler(z)
+    torch.testing.assert_close(x[~steep], g(z[~steep]).detach())  # the rest are G(z) as they were
+    redrawn = torch.sign(x[steep]) * x[steep].abs().pow(1 / 3)  # the latents that made the replacements
+    assert (3 * redrawn.pow(4).sum(1).sqrt() <= sampler.threshold + 1e-4).all()
+    assert not torch.isclose(x[steep], g(z[steep]).detach()).all(dim=1).any()
+    assert torch.equal(sampler(z), x)  # the same latents, the same samples
+    assert walkable(sampler) is g and walkable(SelfEnsemble([g, g], [1, 2])) is g
+    assert jacobian_truncation(g, 0) is g
+    assert sampler.describe().startswith("Jacobian-truncated: latents in the prior's top 20% of ‖dG/dz‖_F redrawn")
+
+
+def _grid25():
+    from ganlab.data.sources import build_source
+
+    return build_source(compose("dataset=grid25").dataset)
+
+
+def test_a_jacobian_truncated_run_scores_and_loads_its_truncated_sampler(tmp_path):
+    """tricks.jacobian_truncation=0.2: the end-of-run protocol names it, the loader rebuilds it, and `ganlab eval`
+    / `ganlab sample` can set it on a trained run (0: the plain G; a bad value: one clear error)."""
+    import json
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from ganlab.objectives import load_generator, with_truncation
+
+    cfg = compose("experiment=grid25", "device=cpu", "train.steps=30", "train.batch_size=64", "train.progress=none",
+                  "eval.n=300", "tricks.jacobian_truncation=0.2")  # the recipe's small G (z_dim 8)
+    train(cfg, tmp_path)
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    assert record["protocol"]["generated_by"].startswith("raw weights, Jacobian-truncated: latents in the prior's "
+                                                         "top 20%")
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    g = load_generator(state)
+    assert isinstance(g, JacobianTruncation) and g.fraction == 0.2
+    assert not isinstance(load_generator(with_truncation(state, 0)), JacobianTruncation)
+    with pytest.raises(GanlabError, match="jacobian_truncation=1.5 is not valid"):
+        with_truncation(state, 1.5)
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "ganlab", *args], capture_output=True, text=True, timeout=300,
+                              stdin=subprocess.DEVNULL, cwd=tmp_path)
+
+    done = cli("eval", f"target={tmp_path}", "n=300", "jacobian_truncation=0.3", f"out={tmp_path / 'e.json'}")
+    assert done.returncode == 0, done.stderr
+    made_by = json.loads((tmp_path / "e.json").read_text())["protocol"]["generated_by"]
+    assert "Jacobian-truncated: latents in the prior's top 30%" in made_by
+    done = cli("sample", f"run={tmp_path}", "n=50", "jacobian_truncation=0", f"out={tmp_path / 's.npz'}")
+    assert done.returncode == 0, done.stderr
+    plain = load_generator(with_truncation(state, 0))
+    from ganlab.models import generate
+
+    expected, _ = generate(plain, 50, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(np.load(tmp_path / "s.npz")["arr_0"], expected.numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (("tricks.jacobian_truncation=1.0",), "tricks.jacobian_truncation=1.0 is not valid"),
+    (("tricks.jacobian_truncation=-0.1",), "tricks.jacobian_truncation=-0.1 is not valid"),
+    (("model=pggan", "tricks.jacobian_truncation=0.1"), "tricks.jacobian_truncation is for the one-G-one-D families"),
+])
+def test_bad_jacobian_truncation_settings_are_refused_before_training(overrides, expected):
     from ganlab.config import validate
 
     with pytest.raises(GanlabError, match=expected):

@@ -51,6 +51,22 @@ def build_objective(cfg, source, device) -> Objective:
     return cls(cfg, source, device)
 
 
+def with_truncation(state: dict, fraction) -> dict:
+    """`state` whose saved config samples with tricks.jacobian_truncation=`fraction` (`ganlab eval` / `ganlab
+    sample` jacobian_truncation=, to try the truncation on a trained run); `state` itself when fraction is None."""
+    if fraction is None:
+        return state
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+        raise GanlabError(f"jacobian_truncation={fraction!r} is not valid: give the share of latents to redraw, "
+                          "a number in [0, 1) such as 0.1 (0: none; leave it out for the run's own setting).")
+    config = OmegaConf.to_container(OmegaConf.create(state["config"]))
+    if config["model"].get("objective", DEFAULT) != "adversarial" and fraction:
+        raise GanlabError(f"jacobian_truncation is for the one-G-one-D families; this run is "
+                          f"model={config['model']['name']}. Leave out jacobian_truncation=.")
+    config.setdefault("tricks", {})["jacobian_truncation"] = float(fraction)
+    return {**state, "config": config}
+
+
 def load_generator(state: dict, ema: bool = True, device="cpu"):
     """The sampling network of a checkpoint (see ganlab.checkpoint.load_checkpoint), rebuilt by its
     family's objective from the saved config (no data is read): EMA weights when the run kept them
@@ -59,4 +75,5 @@ def load_generator(state: dict, ema: bool = True, device="cpu"):
     return objective_class(cfg.model.get("objective", DEFAULT)).load_generator(cfg, state, ema, device)
 
 
-__all__ = ["OBJECTIVES", "Objective", "Phase", "Runtime", "build_objective", "load_generator", "objective_class"]
+__all__ = ["OBJECTIVES", "Objective", "Phase", "Runtime", "build_objective", "load_generator", "objective_class",
+           "with_truncation"]

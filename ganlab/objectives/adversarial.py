@@ -25,8 +25,8 @@ from ganlab.models import build_models, d_pack, generate, resolve_backbone, samp
 from ganlab.objectives.base import Objective, Phase, Runtime, generator_weights
 from ganlab.optim import make_optimizers
 from ganlab.tricks import (SelfEnsemble, Snapshots, add_instance_noise, clip_weights, d_targets, describe_ensemble,
-                           diff_augment, instance_noise_std, make_emas, parse_diff_augment, self_ensemble, snapshot_net,
-                           uses_label_tricks)
+                           describe_truncation, diff_augment, instance_noise_std, jacobian_truncation, make_emas,
+                           parse_diff_augment, self_ensemble, snapshot_net, uses_label_tricks)
 from ganlab.viz import image_grid, scatter_image
 
 log = logging.getLogger("ganlab")
@@ -169,6 +169,11 @@ class Adversarial(Objective):
             self._step = int(state.get("step", 0))
 
     def sampler(self):
+        """What makes the samples: the EMA or raw G, or the self-ensemble; Jacobian-truncated when
+        tricks.jacobian_truncation > 0 (its threshold measured on the G of this call)."""
+        return jacobian_truncation(self._weights_sampler(), float(self.tricks.get("jacobian_truncation") or 0))
+
+    def _weights_sampler(self):
         if self.snapshots is None:
             return self.ema["generator"].module if self.ema else self.nets["generator"]
         g, members = self.nets["generator"], self.snapshots.members(self._step)
@@ -182,9 +187,11 @@ class Adversarial(Objective):
     def sampler_description(self) -> str:
         if self.snapshots is not None:
             steps = [s for s, _ in self.snapshots.members(self._step)] + [self._step]
-            return (f"{describe_ensemble(steps)} (tricks.self_ensemble={self.snapshots.size}, "
+            text = (f"{describe_ensemble(steps)} (tricks.self_ensemble={self.snapshots.size}, "
                     f"every {self.snapshots.every} steps)")
-        return super().sampler_description()
+        else:
+            text = super().sampler_description()
+        return _truncated(text, self.tricks)
 
     def snapshot(self, step: int) -> dict[str, Tensor]:
         g = self.sampler()
@@ -208,7 +215,8 @@ class Adversarial(Objective):
         g, _ = build_models(cfg.model, source)
         members = cls._saved_members(cfg, state, ema)
         g.load_state_dict(state["generator"] if members is not None else generator_weights(state, ema))
-        return self_ensemble(members or [], g, int(state["step"])).to(device).eval()
+        sampler = self_ensemble(members or [], g, int(state["step"])).to(device).eval()
+        return jacobian_truncation(sampler, float(cfg.tricks.get("jacobian_truncation") or 0))
 
     @staticmethod
     def _saved_members(cfg, state: dict, ema: bool) -> list[tuple[int, dict]] | None:
@@ -224,5 +232,11 @@ class Adversarial(Objective):
     def describe_checkpoint_sampler(cls, cfg, state: dict, ema: bool) -> str:
         members = cls._saved_members(cfg, state, ema)
         if members is None:
-            return super().describe_checkpoint_sampler(cfg, state, ema)
-        return describe_ensemble([*(s for s, _ in members), int(state["step"])])
+            return _truncated(super().describe_checkpoint_sampler(cfg, state, ema), cfg.tricks)
+        return _truncated(describe_ensemble([*(s for s, _ in members), int(state["step"])]), cfg.tricks)
+
+
+def _truncated(text: str, tricks) -> str:
+    """A sampler's description, with its Jacobian truncation (tricks.jacobian_truncation) when on."""
+    fraction = float(tricks.get("jacobian_truncation") or 0)
+    return f"{text}, {describe_truncation(fraction)}" if fraction else text
