@@ -271,6 +271,24 @@ def mixture_row(name: str, runs: list[Run], with_wall: bool = False) -> str:
     return row
 
 
+def partial_rows(sections: dict[str, list[Run]]) -> list[str]:
+    """What a run of some sections prints, since docs/ is written only for all of them: the 2D sections' rows as
+    the doc shows them (section 4's with the wall time), one line per run for the others."""
+    lines = []
+    for key, runs in sections.items():
+        if not runs:
+            continue
+        lines.append(f"{key}:")
+        if key in ("collapse", "families_2d", "experiments"):
+            lines += [mixture_row(name, rs, with_wall=key == "experiments") for name, rs in group(runs).items()]
+            continue
+        for r in runs:
+            shown = ", ".join(f"{k.split('/', 1)[1]} {v:.4g}" for k, v in r.metrics.items() if k.startswith("Metrics/"))
+            lines.append(f"  {r.name} seed {r.seed}: " + (f"step {r.metrics.get('step')}, {shown}" if r.metrics
+                                                          else f"failed (rc {r.rc})"))
+    return lines
+
+
 def write_doc(args, sections: dict[str, list[Run]], total_wall: float) -> str:
     import torch
 
@@ -427,7 +445,8 @@ def main() -> None:
             done = unique[(tuple(r.overrides), r.seed)]
             r.rc, r.wall, r.metrics, r.run_dir = done.rc, done.wall, done.metrics, done.run_dir
     if args.sections:
-        print("only some sections were run: nothing written to docs/")
+        print("\n".join(partial_rows(sections)))
+        print("only some sections were run: nothing written to docs/ (the rows above are the doc's, to copy)")
         return
     text = write_doc(args, sections, total)
     target = doc or args.out / "results.md"

@@ -68,3 +68,28 @@ def test_a_run_folder_is_reused_only_for_the_same_recipe_text(tmp_path, monkeypa
     recipe.write_text("train:\n  steps: 12000\n")
     assert results.slug(["experiment=grid25"]) != before
     assert results.slug(["model=gan", "dataset=grid25"]) == results.slug(["model=gan", "dataset=grid25"])
+
+
+def test_a_run_of_some_sections_prints_the_rows_the_doc_would_hold():
+    """`results.py --sections experiments` writes no doc: it prints section 4's rows (as the doc has them, wall
+    time included) and one line per run of the other sections, so nothing is copied by hand from metrics.json."""
+    import results
+
+    def run(section, name, seed, metrics, wall=150.0):
+        r = results.Run(section, name, seed, [name])
+        r.metrics, r.wall, r.rc = metrics, wall, 0 if metrics else 1
+        return r
+
+    mix = {"step": 12000, "Metrics/modes_captured": 25.0, "Metrics/modes_captured_strict": 25.0,
+           "Metrics/high_quality": 0.9872, "Metrics/reverse_kl": 0.0076, "Metrics/mode_spread": 0.7331}
+    lines = results.partial_rows({
+        "experiments": [run("experiments", "experiment=grid25", s, mix) for s in range(2)],
+        "families_img": [run("families_img", "dcgan@mnist", 0, {"step": 50, "Metrics/fd": 63.98}),
+                         run("families_img", "dcgan@mnist", 1, {})],
+        "gradient": [],
+    })
+    assert lines[0] == "experiments:"
+    assert lines[1] == results.mixture_row("experiment=grid25", [run("experiments", "experiment=grid25", s, mix)
+                                                                 for s in range(2)], with_wall=True)
+    assert "98.7% / 98.7%" in lines[1] and lines[1].endswith("| 2.5 / 2.5 |")
+    assert lines[2:] == ["families_img:", "  dcgan@mnist seed 0: step 50, fd 63.98", "  dcgan@mnist seed 1: failed (rc 1)"]

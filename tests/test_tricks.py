@@ -435,6 +435,10 @@ def test_jacobian_norms_are_exact_under_no_grad():
     exact = vmap(jacrev(lambda v: g(v.unsqueeze(0), None).squeeze(0)))(z).flatten(1).norm(dim=1)
     torch.testing.assert_close(norms, exact.detach(), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(x, g(z, None).detach())  # the forward-mode primal: equal up to rounding
+    other = _Cubed()  # through a self-ensemble (the recipes may stack both): each row its own member's norm
+    with torch.no_grad():
+        _, mixed = jacobian_norms(SelfEnsemble([other, _Cubed()], [1, 2]), z[:, :2])
+    torch.testing.assert_close(mixed, 3 * z[:, :2].pow(4).sum(1).sqrt())
 
 
 def test_a_jacobian_truncation_redraws_the_steepest_latents_and_only_those():
