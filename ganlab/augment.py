@@ -14,15 +14,16 @@ from ganlab.errors import GanlabError
 from ganlab.models import generate
 from ganlab.objectives import load_generator
 from ganlab.sample import to_uint8_nhwc
+from ganlab.writeguard import file_out
 
 
 def augment_run(cfg) -> Path:
     n = cfg.n_per_class
     if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
         raise GanlabError(f"n_per_class={n!r} is not valid: it must be an integer > 0 (e.g. n_per_class=1000).")
-    out = Path(str(cfg.out)).expanduser()
-    if out.suffix != ".npz":
+    if Path(str(cfg.out)).suffix != ".npz":
         raise GanlabError(f"out={cfg.out}: give a file name ending in .npz.")
+    out = file_out(cfg, "labelled samples")
     state = load_checkpoint(checkpoint_path(cfg.run, cfg.checkpoint))
     name = state["config"]["model"]["name"]
     g = load_generator(state, ema=bool(cfg.ema), device=resolve_device(cfg.device))

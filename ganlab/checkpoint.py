@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 
 import torch
 
 from ganlab.errors import GanlabError
+from ganlab.safeload import load_torch
 
 log = logging.getLogger("ganlab")
 
@@ -75,18 +74,13 @@ REQUIRED_KEYS = ("step", "config")
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
-    """Load a ganlab checkpoint with `torch.load(weights_only=True)`; clear errors for bad files."""
+    """Load a ganlab checkpoint with torch's weights-only unpickler (ganlab.safeload: no code runs); clear errors
+    for bad files."""
     path = Path(path)
     if not path.is_file():
         raise GanlabError(f"checkpoint {path} does not exist; give the path of a run's checkpoints/last.pt.")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise GanlabError(
-            f"checkpoint {path} is truncated, corrupt or not a ganlab checkpoint ({first[:200]}); "
-            "use another checkpoint of the run or start a new run."
-        ) from None
+    state = load_torch(path, "a ganlab checkpoint", "Use another checkpoint of the run or start a new run.",
+                       map_location)
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
         raise GanlabError(
             f"checkpoint {path} is not a ganlab checkpoint (it lacks {', '.join(REQUIRED_KEYS)} or is not a dict); "
@@ -132,3 +126,61 @@ def checkpoint_path(run: str, which) -> Path:
         have = ", ".join(sorted(p.name for p in (path / "checkpoints").glob("*.pt"))) or "none"
         raise GanlabError(f"{ckpt} does not exist (checkpoints there: {have}); pick one with checkpoint=last, best or a step.")
     return ckpt
+
+
+def _step_of(name: str) -> int | None:
+    """The step of a numbered checkpoint's file name (step_XXXXXXXX.pt), else None."""
+    stem = name[len("step_"):-len(".pt")] if name.startswith("step_") and name.endswith(".pt") else ""
+    return int(stem) if stem.isdigit() else None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def set_aside_future(ckpt_dir: Path, step: int, resumed: Path) -> Path | None:
+    """A run resumed from step `step` (the file `resumed`) abandons what its dir holds of later steps: the
+    numbered checkpoints above `step`, and last.pt and best.pt unless they are that very checkpoint or older.
+    They are moved, not deleted, to checkpoints/abandoned-after-<step>[-N]/, so that no later fall-back
+    (load_latest: last.pt unreadable -> the newest numbered file) can pick a state of the abandoned branch.
+    last.pt is then the resumed checkpoint again when that lies in the dir. Returns the folder, or None."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return None
+    future = [p for p in ckpt_dir.glob("step_*.pt") if (_step_of(p.name) or 0) > step]
+    for name in ("last.pt", "best.pt"):
+        path = ckpt_dir / name
+        if not path.is_file() or _same_file(path, resumed):
+            continue
+        if any(_same_file(path, p) for p in future):
+            future.append(path)
+            continue
+        try:
+            saved = int(torch.load(path, map_location="cpu", weights_only=True)["step"])
+        except Exception:  # unreadable (the reason a fall-back resumed an older file): not of this branch
+            saved = None
+        if saved is None or saved > step:
+            future.append(path)
+    if not future:
+        return None
+    aside, n = ckpt_dir / f"abandoned-after-{step}", 1
+    while aside.exists():
+        n += 1
+        aside = ckpt_dir / f"abandoned-after-{step}-{n}"
+    aside.mkdir()
+    for path in future:
+        os.replace(path, aside / path.name)
+    last = ckpt_dir / "last.pt"
+    if not last.exists() and Path(resumed).parent.resolve() == ckpt_dir.resolve() and Path(resumed).is_file():
+        try:
+            os.link(resumed, last)
+        except OSError:
+            import shutil
+
+            shutil.copyfile(resumed, last)
+    log.warning(f"resuming from step {step}: the later checkpoints of the abandoned run ("
+                f"{', '.join(sorted(p.name for p in future))}) were moved to {aside}, so no fall-back picks them")
+    return aside

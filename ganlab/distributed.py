@@ -75,12 +75,22 @@ def setup(device: str = "auto") -> Dist:
     return _STATE
 
 
-def teardown() -> None:
+def teardown(meet: bool = True) -> None:
+    """Leave the process group: first every object that still holds it (a DDP reducer in a reference cycle) is
+    collected, then the ranks meet (no collective still in flight anywhere), then the group is destroyed. A
+    process group that outlives destroy_process_group is freed at interpreter shutdown, where gloo's worker
+    threads abort the process ("terminate called without an active exception", exit -6). `meet=False` (a rank
+    that failed) skips the meeting: the others may be inside a collective that will never complete."""
     global _STATE
     if _STATE.world > 1:
+        import gc
+
         import torch.distributed as dist
 
         if dist.is_initialized():
+            gc.collect()
+            if meet:
+                dist.barrier()
             dist.destroy_process_group()
     _STATE = Dist()
 

@@ -18,13 +18,13 @@ from ganlab.checkpoint import checkpoint_path, load_checkpoint
 from ganlab.device import resolve_device
 from ganlab.errors import GanlabError
 from ganlab.metrics.scorer import Scorer, real_samples
-from ganlab.objectives import DEFAULT, objective_class, with_truncation
+from ganlab.objectives import DEFAULT, objective_class, with_sampling, with_truncation
 
 
 def _load_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(samples in [-1, 1] (images N x C x H x W) or float points, labels or None) of an .npz."""
     try:
-        data = np.load(path)
+        data = np.load(path, allow_pickle=False)  # numbers only: a pickled object in the file is refused
         arr = data["arr_0"]
         labels = torch.from_numpy(data["labels"].astype(np.int64)) if "labels" in data.files else None
     except Exception as exc:
@@ -90,9 +90,10 @@ def evaluate(cfg) -> dict:
     else:
         state = with_truncation(load_checkpoint(checkpoint_path(str(target), cfg.checkpoint)),
                                 cfg.get("jacobian_truncation"))
+        state = with_sampling(state, cfg.get("truncation"), cfg.get("truncation_cutoff"), cfg.get("noise"))
         run_cfg = OmegaConf.create(state["config"])
         dataset_cfg = cfg.dataset if cfg.get("dataset") is not None else run_cfg.dataset
-        sampler = objective_class(run_cfg.model.get("objective", DEFAULT)).describe_checkpoint_sampler(
+        sampler = objective_class(run_cfg.model.get("objective", DEFAULT), from_file=True).describe_checkpoint_sampler(
             run_cfg, state, bool(cfg.ema))
         source_desc = f"{state['config']['model']['name']} step {state['step']} ({sampler})"
         # beside the run's own metrics.json (written by training), never over it
@@ -104,7 +105,7 @@ def evaluate(cfg) -> dict:
         if state is None:
             fake, own = npz[0], {}
         else:
-            fake, own = objective_class(run_cfg.model.get("objective", DEFAULT)).evaluation_of_checkpoint(
+            fake, own = objective_class(run_cfg.model.get("objective", DEFAULT), from_file=True).evaluation_of_checkpoint(
                 run_cfg, state, int(cfg.n), torch.Generator().manual_seed(int(cfg.seed) + 7), real, bool(cfg.ema), device)
         if fake is None:  # nothing to sample and score (model=optimal_d): the family's own measurements
             results.update(own)

@@ -60,6 +60,4 @@ def output_path(path: Path, src: Path, out: Path) -> Path:
     return out / (path.relative_to(src) if src.is_dir() else path.name)
 
 
-def check_not_overwriting(src: Path, out: Path, what: str) -> None:
-    if out.resolve() == (src if src.is_dir() else src.parent).resolve():
-        raise GanlabError(f"out={out} is the input folder: the {what} would overwrite the images; pick another.")
+

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from ganlab.checkpoint import checkpoint_path, load_checkpoint
 from ganlab.device import resolve_device
 from ganlab.errors import GanlabError
-from ganlab.imageio import check_not_overwriting, image_paths, output_path, read_image, resize, write_image
+from ganlab.imageio import image_paths, output_path, read_image, resize, write_image
+from ganlab.writeguard import check_out, check_targets, overwrite_flag
 from ganlab.objectives.inpaint import composite, fill, load_filler
 
 
@@ -41,18 +42,19 @@ def _mask_for(image: Path, src: Path, masks: Path) -> Path:
 
 
 def inpaint_run(cfg) -> Path:
+    overwrite = overwrite_flag(cfg)
+    src, masks = Path(str(cfg["in"])).expanduser(), Path(str(cfg.mask)).expanduser()
+    out = check_out(Path(str(cfg.out)), {"run": Path(str(cfg.run)), "in": src, "mask": masks}, overwrite, "filled images")
     device = resolve_device(cfg.device)
     state = load_checkpoint(checkpoint_path(cfg.run, cfg.checkpoint))
     g = load_filler(state, bool(cfg.ema), device)
     ds = state["config"]["dataset"]
     resolution, mode = int(ds["resolution"]), ("L" if int(ds["channels"]) == 1 else "RGB")
-    src, masks = Path(str(cfg["in"])).expanduser(), Path(str(cfg.mask)).expanduser()
-    out = Path(str(cfg.out)).expanduser()
     files = image_paths(src)
     if not masks.exists():
         raise GanlabError(f"mask={masks}: no such folder or image (white = hole, one per image or one for all).")
-    check_not_overwriting(src, out, "filled images")
     pairs = [(path, _mask_for(path, src, masks)) for path in files]  # every mask found before anything is written
+    check_targets([output_path(path, src, out) for path in files], overwrite, "filled images")
     holes = 0.0
     for path, mask_path in pairs:
         x = read_image(path, mode)

@@ -19,7 +19,8 @@ from ganlab.errors import GanlabError
 from ganlab.models import sample_z
 from ganlab.objectives import load_generator
 from ganlab.tricks import walkable
-from ganlab.viz import image_grid
+from ganlab.viz import image_grid, save_png
+from ganlab.writeguard import file_out
 
 
 def slerp(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -54,9 +55,9 @@ def interpolate_run(cfg) -> Path:
     n, steps = _count(cfg.n, "n", 1), _count(cfg.steps, "steps", 2)
     if cfg.mode not in MODES:
         raise GanlabError(f"mode={cfg.mode!r} is not valid: use slerp (Gaussian latents) or lerp.")
-    out = Path(str(cfg.out)).expanduser()
-    if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+    if Path(str(cfg.out)).suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise GanlabError(f"out={cfg.out}: give an image file name ending in .png (or .jpg).")
+    out = file_out(cfg, "interpolation strip")
     ckpt = checkpoint_path(cfg.run, cfg.checkpoint)
     state = load_checkpoint(ckpt)
     device = resolve_device(cfg.device)
@@ -77,9 +78,7 @@ def interpolate_run(cfg) -> Path:
                           f"(its samples are {tuple(x.shape[1:])}): use ganlab sample.")
     grid = image_grid(x, nrow=steps)
     out.parent.mkdir(parents=True, exist_ok=True)
-    from torchvision.utils import save_image
-
-    save_image(grid, out)
+    save_png(grid, out)
     if cfg.tensorboard:
         run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
         if run_dir is not None and (run_dir / "tb").is_dir():

@@ -173,3 +173,11 @@ def get_penalty(cfg):
         raise GanlabError(f"penalty.name={cfg.name!r} is unknown: use none or {', '.join(PENALTIES)}.")
     kwargs = {"center": float(cfg.center)} if cfg.name == "gp" else {}
     return PENALTIES[cfg.name], float(cfg.weight), kwargs
+
+
+def validate_penalty(p) -> None:
+    """penalty.*: a weight >= 0 for any penalty but none."""
+    from ganlab.checks import positive
+
+    if p.name != "none":
+        positive(p.weight, "penalty.weight", integer=False, allow_zero=True)

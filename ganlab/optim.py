@@ -47,3 +47,17 @@ def _fused_devices() -> tuple[str, ...]:
         return tuple(_get_fused_kernels_supported_devices())
     except ImportError:
         return ("cuda",)
+
+
+def validate_optimizer(opt) -> None:
+    """optimizer.*: positive learning rates, two betas in [0, 1)."""
+    from ganlab.checks import positive
+    from ganlab.errors import GanlabError
+
+    for key in ("lr", "lr_g", "lr_d"):
+        if key in opt and opt[key] is not None:
+            positive(opt[key], f"optimizer.{key}", integer=False)
+    if "betas" in opt:
+        betas = list(opt.betas)
+        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+            raise GanlabError(f"optimizer.betas={betas} is not valid: give two numbers in [0, 1), e.g. [0.5,0.999].")

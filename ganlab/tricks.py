@@ -355,3 +355,28 @@ def walkable(g: nn.Module) -> nn.Module:
     if isinstance(g, JacobianTruncation):
         g = g.g
     return g.members[-1] if isinstance(g, SelfEnsemble) else g
+
+
+def validate_tricks(tr, m) -> None:
+    """tricks.*: label and noise tricks, EMA, DiffAugment, self-ensembles and truncation (`m`: the model, for
+    the tricks that only the one-G-one-D families take)."""
+    from ganlab.checks import adversarial_only, boolean, fraction, positive
+
+    for key in ("label_smoothing", "flip_labels", "jacobian_truncation"):
+        fraction(tr.get(key, 0.0), f"tricks.{key}")  # runs saved before a trick existed lack its key
+    if tr.get("jacobian_truncation"):
+        adversarial_only(m, "tricks.jacobian_truncation", "tricks.jacobian_truncation=0")
+    fraction(tr.ema, "tricks.ema", "a decay in [0, 1) such as 0.999 (0 = off)")
+    if tr.get("ema_rampup") is not None:
+        positive(tr.ema_rampup, "tricks.ema_rampup", integer=False)
+    positive(tr.instance_noise, "tricks.instance_noise", integer=False, allow_zero=True)
+    if tr.instance_noise_anneal_steps is not None:
+        positive(tr.instance_noise_anneal_steps, "tricks.instance_noise_anneal_steps")
+    if parse_diff_augment(tr.get("diff_augment")):
+        adversarial_only(m, "tricks.diff_augment", "tricks.diff_augment=null")
+    if tr.get("self_ensemble"):
+        positive(tr.self_ensemble, "tricks.self_ensemble", allow_zero=True)
+        positive(tr.self_ensemble_every, "tricks.self_ensemble_every")
+        if tr.self_ensemble > 1:
+            adversarial_only(m, "tricks.self_ensemble", "tricks.self_ensemble=0")
+    boolean(tr.noisy_labels, "tricks.noisy_labels")

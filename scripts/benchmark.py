@@ -24,6 +24,7 @@ images/s on N processes / (N x images/s on one).
     python scripts/benchmark.py --quick          # CPU-sized, a few minutes
     python scripts/benchmark.py --device cuda    # the full table on a GPU
     python scripts/benchmark.py --scaling 8      # 1 vs 2, 4, 8 GPUs (dcgan 64 px, batch 64 per GPU)
+    python scripts/benchmark.py --stylegan       # StyleGAN2 G+D at 32 px, eager vs torch.compile
 """
 
 from __future__ import annotations
@@ -198,6 +199,56 @@ def scaling(n: int, device: str, model: str, size: str, per_process: int, steps:
     print(f"scaling_efficiency {statistics.median(speeds[n]) / (n * base):.3f}")
 
 
+def stylegan(device: torch.device, repeats: int, batch: int, quick: bool) -> None:
+    """StyleGAN2's G and D at 32 px (1 and 3 channels; the recipe's widths): forward + backward of G through D,
+    per image, eager vs torch.compile of both nets, alternating in pairs, one run. Last line
+    `stylegan_compile_ratio X`: compiled images/s / eager images/s at 32 px, 3 channels."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ganlab.models import stylegan as sg
+
+    cfg = compose("model=stylegan").model
+    table = Table(title=f"StyleGAN2 G+D forward/backward at 32 px on {device} ({torch.get_num_threads()} threads), "
+                        f"batch {batch}")
+    for col in ("channels", "eager img/s", "compiled img/s", "ratio", "pairs p25-p75"):
+        table.add_column(col, justify="right")
+    steps = 3 if quick else 10
+    if device.type == "cuda":
+        steps *= 10
+    ratio_rgb = None
+    for channels in (1, 3):
+        torch.manual_seed(0)
+        g, d = (net.to(device) for net in sg.build(cfg, (channels, 32, 32), 32))
+        fwd = {"eager": (g, d), "compiled": (torch.compile(g), torch.compile(d))}
+
+        def run(kind: str) -> float:
+            gg, dd = fwd[kind]
+            z = torch.randn(batch, int(cfg.z_dim), device=device)
+            for _ in range(2):  # warm-up (compilation on the first call)
+                F.softplus(-dd(gg(z))).mean().backward()
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                F.softplus(-dd(gg(z))).mean().backward()
+            sync(device)
+            return steps * batch / (time.perf_counter() - t0)
+
+        eager, compiled = [], []
+        for i in range(repeats):
+            order = ("eager", "compiled") if i % 2 == 0 else ("compiled", "eager")
+            for kind in order:
+                (eager if kind == "eager" else compiled).append(run(kind))
+        pairs = [c / e for c, e in zip(compiled, eager)]
+        q1, _, q3 = statistics.quantiles(pairs, n=4, method="inclusive") if len(pairs) > 1 else pairs * 3
+        ratio = statistics.median(compiled) / statistics.median(eager)
+        ratio_rgb = ratio if channels == 3 else ratio_rgb
+        table.add_row(str(channels), f"{statistics.median(eager):,.0f}", f"{statistics.median(compiled):,.0f}",
+                      f"{ratio:.3f}", f"{q1:.2f}-{q3:.2f}")
+    Console(width=None if sys.stdout.isatty() else 140).print(table)
+    print(f"stylegan_compile_ratio {ratio_rgb:.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="CPU-sized: fewer steps and repeats")
@@ -208,7 +259,13 @@ def main() -> None:
     ap.add_argument("--model", default="dcgan", help="--scaling: the recipe (gan, dcgan, wgan_gp)")
     ap.add_argument("--size", default="cifar64", choices=list(SIZES), help="--scaling: the image size")
     ap.add_argument("--steps", type=int, default=None, help="--scaling: steps per logging window")
+    ap.add_argument("--stylegan", action="store_true", help="StyleGAN2's G+D at 32 px, eager vs torch.compile instead")
     args = ap.parse_args()
+    if args.stylegan:
+        dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                           "cpu" if args.device == "auto" else args.device)
+        stylegan(dev, args.repeats or (2 if args.quick else 4), 32 if args.batch == 64 else args.batch, args.quick)
+        return
     if args.scaling:
         dev = "cuda" if args.device == "auto" and torch.cuda.is_available() else "cpu" if args.device == "auto" else args.device
         scaling(args.scaling, dev, args.model, args.size, args.batch, args.steps or (200 if dev == "cuda" else 10),

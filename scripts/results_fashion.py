@@ -42,9 +42,9 @@ RECIPES = {
     "lapgan": (["model=lapgan", "model.widths=[32,32,600]"],
                "the recipe as it ships (3 levels 8 -> 16 -> 32 px, Adam 2e-4) with CPU-sized conv nets (32 channels "
                "instead of 128 at the two finer levels)"),
-    "stylegan": (["model=stylegan", "model.width=32", "model.fmap_base=1024"],
-                 "the recipe as it ships (StyleGAN2 demodulation, 8-layer mapping, R1 gamma 10 lazily every 16 steps, "
-                 "style mixing 0.9, batch 32) with the same CPU-sized nets as pggan (32 channels at every resolution)"),
+    "stylegan": (["experiment=stylegan_32px"],
+                 "StyleGAN2 as the official code runs it at 32 px (its `cifar` config: 2-layer mapping, D `orig`, no "
+                 "path length or style mixing; experiment=stylegan_32px) with CPU-sized nets"),
 }
 
 
@@ -52,7 +52,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--families", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     ap.add_argument("--minutes", type=float, default=15.0, help="CPU minutes per run (train.max_minutes)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--eval-n", type=int, default=10000, help="generated and real images scored per run")
     ap.add_argument("--root", default="data", help="dataset.root (Debian's package is looked up after it)")
     ap.add_argument("--jobs", type=int, default=max(1, os.cpu_count() or 2))
@@ -102,19 +102,32 @@ def main() -> None:
                 f"the time above does not include them): {', '.join(f'{r.name} seed {r.seed}' for r in reused)}.", ""]
                if reused else []),
              *([args.note, ""] if args.note else []),
-             "| family | recipe | G steps | images shown to D | classifier FD | classifier score | classes | class KL |",
-             "|---|---|---|---|---|---|---|---|"]
+             "FD is given as the median over the seeds [min - max], and as the ratio of that median to dcgan's median "
+             "in this same invocation.", "",
+             "| family | recipe | G steps | images shown to D | classifier FD, median [min - max] | FD median / dcgan's | "
+             "classifier score | classes | class KL |",
+             "|---|---|---|---|---|---|---|---|---|"]
     by_family: dict[str, list[Run]] = {}
     for r in runs:
         by_family.setdefault(r.name, []).append(r)
+    fd_median = {f: _median([r.metrics.get("Metrics/fd", float("nan")) for r in rs if r.metrics])
+                 for f, rs in by_family.items()}
     for family, rs in by_family.items():
         ok = [r for r in rs if r.metrics]
         m = lambda k: [r.metrics.get(f"Metrics/{k}", float("nan")) for r in ok]  # noqa: E731
         shown = [_images_shown(r) for r in ok]
+        fds = [v for v in m("fd") if v == v]
+        spread = f"{fd_median[family]:.2f} [{min(fds):.2f} - {max(fds):.2f}]" if fds else "n/a"
+        ratio = (f"{fd_median[family] / fd_median['dcgan']:.2f}" if "dcgan" in fd_median and fds
+                 and fd_median["dcgan"] == fd_median["dcgan"] else "n/a")
         lines.append(f"| {family} | {RECIPES[family][1]} | {per_seed([r.metrics['step'] for r in ok])} | "
-                     f"{per_seed([f'{s:,}' for s in shown])} | {mean_std(m('fd'), '{:.2f}')} | {mean_std(m('is'), '{:.2f}')} | "
+                     f"{per_seed([f'{s:,}' for s in shown])} | {spread} | {ratio} | {mean_std(m('is'), '{:.2f}')} | "
                      f"{per_seed([int(v) for v in m('classes_captured')])} | {mean_std(m('class_kl'))} |"
                      + (f" ({len(rs) - len(ok)} failed)" if len(ok) < len(rs) else ""))
+    grids = _grids(by_family, args.quick)
+    if grids:
+        lines += ["", "Samples of each family's seed-0 run (64 each, the sampler its recipe scores; fixed latents):", ""]
+        lines += [f"![{family}, seed 0](images/{path.name})" for family, path in grids.items()]
     lines += ["", END]
     section = "\n".join(lines) + "\n"
     print(section)
@@ -123,6 +136,36 @@ def main() -> None:
     doc = write_section(BEGIN, END, section)
     print(f"written: {doc}")
     sys.exit(1 if any(r.rc != 0 for r in runs) else 0)
+
+
+def _grids(by_family: dict, quick: bool) -> dict:
+    """docs/images/fashion32_<family>.png: an 8 x 8 grid of the seed-0 run's samples (ganlab's own sampler)."""
+    import torch
+    from torchvision.utils import save_image
+
+    from ganlab.checkpoint import load_checkpoint
+    from ganlab.models import generate
+    from ganlab.objectives import load_generator
+
+    out = {}
+    for family, rs in by_family.items():
+        run = next((r for r in rs if r.seed == 0 and r.metrics), None)
+        if run is None or quick:
+            continue
+        g = load_generator(load_checkpoint(run.run_dir / "checkpoints" / "last.pt"))
+        torch.manual_seed(0)
+        x, _ = generate(g, 64, generator=torch.Generator().manual_seed(0))
+        path = REPO / "docs" / "images" / f"fashion32_{family}.png"
+        save_image(x.add(1).div(2).clamp(0, 1), path, nrow=8, padding=2, pad_value=1.0)
+        out[family] = path
+    return out
+
+
+def _median(values: list[float]) -> float:
+    import statistics
+
+    values = [v for v in values if v == v]
+    return statistics.median(values) if values else float("nan")
 
 
 def _shown_args(argv: list[str]) -> list[str]:

@@ -15,7 +15,7 @@ from ganlab.config import validate
 from ganlab.data.idx import write_idx
 from ganlab.data.sources import IdxSource
 from ganlab.errors import GanlabError
-from conftest import compose, digit_like, make_idx, run_cli
+from conftest import cli, compose, digit_like, make_idx, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +46,14 @@ def test_subset_is_class_balanced_seeded_and_checked_before_reading(labelled_roo
         load(250)  # a class holds fewer than 25 of the 256
 
 
+@pytest.mark.slow
 def test_augment_exports_a_balanced_labelled_set_and_cas_reads_its_labels(labelled_root, tmp_path):
     # 16 px: the classifier recipe (400 steps of batch 128) is fixed, so the images are kept small
     data = [f"dataset.root={labelled_root}", "dataset.download=false", "dataset.resolution=16"]
     tiny = ["train.steps=20", "train.batch_size=32", "train.progress=none", "device=cpu"]
     cgan, gan = tmp_path / "cgan", tmp_path / "gan"
     for run, model in ((cgan, "cgan"), (gan, "gan")):
-        r = run_cli("train", f"model={model}", "dataset=mnist", *data, *tiny, f"hydra.run.dir={run}", cwd=tmp_path)
+        r = cli("train", f"model={model}", "dataset=mnist", *data, *tiny, f"hydra.run.dir={run}", cwd=tmp_path)
         assert r.returncode == 0, r.stderr
 
     syn = tmp_path / "syn.npz"
@@ -63,13 +64,13 @@ def test_augment_exports_a_balanced_labelled_set_and_cas_reads_its_labels(labell
     assert np.bincount(f["labels"], minlength=10).tolist() == [30] * 10
     assert len(set(f["labels"][:10].tolist())) > 1  # shuffled, not class by class
     again = tmp_path / "again.npz"
-    run_cli("augment", f"run={cgan}", "n_per_class=30", f"out={again}", cwd=tmp_path)
+    cli("augment", f"run={cgan}", "n_per_class=30", f"out={again}", cwd=tmp_path)
     assert np.array_equal(np.load(again)["arr_0"], f["arr_0"])  # same seed, same set
 
     # refusals: an unconditional run (augment and cas) through the CLI; a bad n_per_class, cas during training
     for args, message in ((["augment", f"run={gan}", f"out={tmp_path / 'x.npz'}"], "needs a conditional model"),
                           (["eval", f"target={gan}", "metrics=[cas]"], "cas needs a conditional model")):
-        r = run_cli(*args, cwd=tmp_path)
+        r = cli(*args, cwd=tmp_path)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and message in r.stderr, (args, r.stderr)
     assert not (tmp_path / "x.npz").exists()
     with pytest.raises(GanlabError, match="n_per_class"):
@@ -78,7 +79,7 @@ def test_augment_exports_a_balanced_labelled_set_and_cas_reads_its_labels(labell
         validate(compose("model=cgan", "eval.metrics=[cas]"))
     nolabels = tmp_path / "nolabels.npz"
     np.savez(nolabels, arr_0=f["arr_0"])
-    r = run_cli("eval", f"target={nolabels}", "metrics=[cas]", "dataset=mnist", *data, cwd=tmp_path)
+    r = cli("eval", f"target={nolabels}", "metrics=[cas]", "dataset=mnist", *data, cwd=tmp_path)
     assert r.returncode == 2 and "ganlab augment" in r.stderr, r.stderr
 
     # CAS of the real training set (high) and of the same images with shuffled labels (chance), through
@@ -88,14 +89,14 @@ def test_augment_exports_a_balanced_labelled_set_and_cas_reads_its_labels(labell
     for name, labels in (("real", real_y), ("shuffled", real_y[torch.randperm(len(real_y))])):
         path = tmp_path / f"{name}.npz"
         np.savez(path, arr_0=real_x.permute(0, 2, 3, 1).numpy(), labels=labels.numpy())
-        r = run_cli("eval", f"target={path}", "metrics=[cas]", "dataset=mnist", *data, cwd=tmp_path)
+        r = cli("eval", f"target={path}", "metrics=[cas]", "dataset=mnist", *data, cwd=tmp_path)
         assert r.returncode == 0, r.stderr
         record = json.loads(path.with_suffix(".metrics.json").read_text())
         scores[name] = record["metrics"]["cas"]
         assert record["protocol"]["cas"]["tested_on"] == "mnist test split, 300 images"
         assert record["protocol"]["cas"]["n_train"] == 256
     assert scores["real"] > 0.9 and scores["shuffled"] < 0.35, scores
-    r = run_cli("eval", f"target={cgan}", "metrics=[cas]", "n=200", cwd=tmp_path)
+    r = cli("eval", f"target={cgan}", "metrics=[cas]", "n=200", cwd=tmp_path)
     assert r.returncode == 0 and "cas" in r.stdout, r.stderr
     record = json.loads((cgan / "eval" / "last" / "metrics.json").read_text())
     assert 0.0 <= record["metrics"]["cas"] <= 1.0 and record["protocol"]["cas"]["n_train"] == 200

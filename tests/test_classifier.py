@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_idx, run_cli
+from conftest import cli, make_idx
 from ganlab.metrics import class_histogram, inception_score
 
 
@@ -99,6 +99,7 @@ def _cached(root):
     return sorted((root / "MNIST" / "raw").glob("ganlab-classifier-*.pt"))
 
 
+@pytest.mark.slow
 def test_the_classifier_is_trained_once_cached_beside_the_data_and_recognises_real_digits(digits_root):
     from ganlab.data.sources import IdxSource
     from ganlab.metrics.classifier import classifier_features
@@ -117,6 +118,7 @@ def test_the_classifier_is_trained_once_cached_beside_the_data_and_recognises_re
     assert again["weights_sha256"] == info["weights_sha256"] and files[0].stat().st_mtime_ns == mtime
 
 
+@pytest.mark.slow
 def test_a_corrupt_cached_classifier_is_retrained(digits_root, tmp_path, caplog):
     import shutil
 
@@ -159,6 +161,7 @@ print("sha", info["weights_sha256"])
 """
 
 
+@pytest.mark.slow
 def test_parallel_jobs_train_the_classifier_once(tmp_path):
     """Two sweep jobs asking at once: one trains, the other waits on the lock and loads its file."""
     make_idx(tmp_path, "MNIST", n=100)
@@ -250,6 +253,7 @@ def test_stacked_mnist_has_1000_modes_from_three_digits(digits_root):
     assert torch.equal(x, again)  # the same set in every run
 
 
+@pytest.mark.slow
 def test_stacked_mnist_modes_are_counted_with_the_mnist_classifier(digits_root):
     from ganlab.evaluate import Scorer, real_samples
     from omegaconf import OmegaConf
@@ -270,13 +274,13 @@ def test_stacked_mnist_modes_are_counted_with_the_mnist_classifier(digits_root):
     assert scorer.protocol["is_of_real_reference"] > 100  # ~1000 distinguishable stacked modes
 
 
-def test_eval_with_the_classifier_on_mnist_samples(tmp_path):
-    make_idx(tmp_path / "data", n=400)
+@pytest.mark.slow
+def test_eval_with_the_classifier_on_mnist_samples(digits_root, tmp_path):
     from ganlab.data.synthetic import digit_like
 
     imgs, _ = digit_like(300, size=RES, seed=9)
     np.savez(tmp_path / "x.npz", arr_0=imgs[..., None])
-    out = run_cli("eval", f"target={tmp_path / 'x.npz'}", "dataset=mnist", f"dataset.root={tmp_path / 'data'}",
+    out = cli("eval", f"target={tmp_path / 'x.npz'}", "dataset=mnist", f"dataset.root={digits_root}",
                   "dataset.download=false", f"dataset.resolution={RES}", "n=300", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     rec = json.loads((tmp_path / "x.metrics.json").read_text())
@@ -286,7 +290,7 @@ def test_eval_with_the_classifier_on_mnist_samples(tmp_path):
     assert p["features"].startswith("ganlab's mnist classifier") and len(p["weights_sha256"]) == 64
     assert p["classifier_held_out_accuracy"] > 0.8 and p["metrics"] == ["fd", "kid", "prdc", "is", "classes"]
     # pixels give no class probabilities: asking for IS there is one clear error
-    bad = run_cli("eval", f"target={tmp_path / 'x.npz'}", "dataset=mnist", f"dataset.root={tmp_path / 'data'}",
+    bad = cli("eval", f"target={tmp_path / 'x.npz'}", "dataset=mnist", f"dataset.root={digits_root}",
                   "dataset.download=false", f"dataset.resolution={RES}", "n=300", "features=pixels", "metrics=[fd,is]",
                   cwd=tmp_path)
     assert bad.returncode == 2 and "need class probabilities" in bad.stderr and "Traceback" not in bad.stderr

@@ -8,9 +8,10 @@ import shlex
 import pytest
 import torch
 
-from conftest import REPO, make_idx, make_image_folder, read_events, run_cli
+from conftest import REPO, make_idx, make_image_folder, read_events, cli, run_cli
 
 
+@pytest.mark.slow
 def test_the_readme_demo_ends_in_a_visible_success_and_says_where_to_look(tmp_path):
     """The set-up command's demo, as the README has it: all 8 modes of ring8 by the strict rule,
     most samples on a mode, and the last lines name the run dir, TensorBoard and the mode count."""
@@ -31,7 +32,7 @@ def test_the_readme_demo_ends_in_a_visible_success_and_says_where_to_look(tmp_pa
 
 def test_the_eta_counts_with_the_time_budget(tmp_path):
     """train.max_minutes ends the run before train.steps would: the ETA says so (not 48 hours)."""
-    out = run_cli("train", "model=gan", "dataset=ring8", "device=cpu", "train.steps=10000000", "train.max_minutes=0.05",
+    out = cli("train", "model=gan", "dataset=ring8", "device=cpu", "train.steps=10000000", "train.max_minutes=0.05",
                   "train.log_every=50", "train.ckpt_every=10000000", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     etas = [tuple(map(int, m)) for m in re.findall(r"ETA (\d+):(\d\d):(\d\d)", out.stdout)]
@@ -47,7 +48,7 @@ def test_top_level_help_lists_the_commands(tmp_path):
 
 
 def test_train_help_lists_every_group(tmp_path):
-    out = run_cli("train", "--help", cwd=tmp_path)
+    out = cli("train", "--help", cwd=tmp_path)
     assert out.returncode == 0
     for line in ("dataset: cifar10, fashion_mnist, generated, grid25, image_folder, mix1d, mnist, ring8",
                  "loss: hinge, least_squares, minimax, nonsaturating, wasserstein"):
@@ -56,12 +57,13 @@ def test_train_help_lists_every_group(tmp_path):
 
 
 def test_shell_completion(tmp_path):
-    install = run_cli("train", "-sc", "install=bash", cwd=tmp_path)
+    install = cli("train", "-sc", "install=bash", cwd=tmp_path)
     assert install.returncode == 0 and "complete -o nospace -o default -F hydra_bash_completion ganlab" in install.stdout
-    query = run_cli("-sc", "query=bash", cwd=tmp_path, COMP_LINE="ganlab train model=wg")
+    query = cli("-sc", "query=bash", cwd=tmp_path, COMP_LINE="ganlab train model=wg")
     assert query.returncode == 0 and "model=wgan_gp" in query.stdout.split()
 
 
+@pytest.mark.slow
 def test_wgan_gp_trains_on_mnist_from_a_data_dir(tmp_path):
     """Must-show 3: `ganlab train model=wgan_gp dataset=mnist dataset.root=DIR device=cpu train.steps=200`."""
     data = tmp_path / "data"
@@ -86,7 +88,7 @@ def test_wgan_gp_trains_on_mnist_from_a_data_dir(tmp_path):
 def test_multirun_makes_one_run_dir_per_job(tmp_path):
     """Must-show 5: `ganlab train -m model=gan,wgan_gp dataset=ring8 train.steps=50`."""
     sweep = tmp_path / "sweep"
-    out = run_cli("train", "-m", "model=gan,wgan_gp", "dataset=ring8", "train.steps=50", "device=cpu",
+    out = cli("train", "-m", "model=gan,wgan_gp", "dataset=ring8", "train.steps=50", "device=cpu",
                   f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     runs = sorted(p for p in sweep.iterdir() if p.is_dir())
@@ -99,14 +101,14 @@ def test_multirun_makes_one_run_dir_per_job(tmp_path):
 
 
 def test_default_run_dir_is_named_after_model_and_dataset(tmp_path):
-    out = run_cli("train", "model=gan", "dataset=grid25", "train.steps=5", cwd=tmp_path)
+    out = cli("train", "model=gan", "dataset=grid25", "train.steps=5", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     (run,) = (tmp_path / "outputs").glob("*/*_gan-grid25")
     assert (run / "checkpoints" / "last.pt").is_file() and list((run / "tb").iterdir())
 
 
 def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
-    out = run_cli("train", "-m", "model=dcgan,gan", "dataset=ring8", "train.steps=5",
+    out = cli("train", "-m", "model=dcgan,gan", "dataset=ring8", "train.steps=5",
                   f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
     assert out.returncode == 1
     assert "needs images" in out.stderr and "1 job(s) of the sweep failed" in out.stderr
@@ -165,7 +167,7 @@ def bad_input_files(tmp_path_factory):
     raw.write_bytes(raw.read_bytes()[:1000])
     make_image_folder(files["images"], n=3)
     files["afile"].write_text("not a directory\n")
-    out = run_cli("train", "dataset=ring8", "train.steps=3", f"hydra.run.dir={files['good']}", cwd=root)
+    out = cli("train", "dataset=ring8", "train.steps=3", f"hydra.run.dir={files['good']}", cwd=root)
     assert out.returncode == 0, out.stderr
     checkpoint = files["good"] / "checkpoints" / "last.pt"
     files["truncated"] = root / "truncated.pt"
@@ -186,7 +188,7 @@ def test_bad_input_ends_in_one_clear_message(overrides, code, fragment, bad_inpu
         args.append(f"hydra.run.dir={tmp_path / 'run'}")
     good = bad_input_files["good"]
     before = {p: p.read_bytes() for p in good.rglob("*") if p.is_file()}
-    out = run_cli("train", "train.steps=2", *args, cwd=tmp_path)
+    out = cli("train", "train.steps=2", *args, cwd=tmp_path)
     assert out.returncode == code, out.stdout + out.stderr
     assert fragment in out.stderr
     assert "Traceback" not in out.stderr + out.stdout

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from ganlab.config import validate
 from ganlab.errors import GanlabError
-from conftest import DATASETS, LOSSES, MODELS, REPO, compose, offline_env, run_cli
+from conftest import cli, DATASETS, LOSSES, MODELS, REPO, compose, offline_env
 
 GROUPS = {g: sorted(p.stem for p in (REPO / "conf" / g).glob("*.yaml"))
           for g in ("dataset", "model", "loss", "optimizer", "penalty", "experiment", "debug", "model_dataset")}
@@ -160,13 +160,13 @@ def test_diff_augment_is_refused_for_families_with_their_own_d():
 
 
 def test_cli_cfg_job_shows_the_recipe(tmp_path):
-    out = run_cli("train", "model=wgan_gp", "--cfg", "job", cwd=tmp_path)
+    out = cli("train", "model=wgan_gp", "--cfg", "job", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     cfg = yaml.safe_load(out.stdout)
     assert cfg["loss"]["name"] == "wasserstein" and cfg["penalty"] == {"name": "gp", "weight": 10.0, "center": 1.0}
     assert cfg["optimizer"]["lr"] == 1e-4 and cfg["optimizer"]["betas"] == [0.0, 0.9]
     assert cfg["train"]["n_critic"] == 5
-    hinge = yaml.safe_load(run_cli("train", "model=wgan_gp", "loss=hinge", "--cfg", "job", cwd=tmp_path).stdout)
+    hinge = yaml.safe_load(cli("train", "model=wgan_gp", "loss=hinge", "--cfg", "job", cwd=tmp_path).stdout)
     assert hinge.pop("loss") == {"name": "hinge"}
     cfg.pop("loss")
     assert hinge == cfg
@@ -178,7 +178,7 @@ def test_user_config_dirs_join_through_hydra_searchpath(tmp_path):
     (user / "tiny_gan.yaml").write_text(
         "# @package _global_\ndefaults:\n  - gan\n  - _self_\nmodel:\n  name: tiny_gan\n  g_hidden: [32]\n  d_hidden: [32]\n"
     )
-    out = run_cli("train", f"hydra.searchpath=[file://{tmp_path / 'myconf'}]", "model=tiny_gan", "--cfg", "job", cwd=tmp_path)
+    out = cli("train", f"hydra.searchpath=[file://{tmp_path / 'myconf'}]", "model=tiny_gan", "--cfg", "job", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     cfg = yaml.safe_load(out.stdout)
     assert cfg["model"]["name"] == "tiny_gan" and cfg["model"]["g_hidden"] == [32] and cfg["model"]["z_dim"] == 100

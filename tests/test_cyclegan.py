@@ -101,6 +101,7 @@ def _args(a, b, run, *extra):
             "train.ckpt_every=3", "train.n_samples=4", "train.progress=none", f"hydra.run.dir={run}", *extra]
 
 
+@pytest.mark.slow
 def test_a_cpu_run_shows_the_rows_resumes_exactly_with_its_pools_and_translates_a_folder(tmp_path):
     a, b = make_unpaired(tmp_path / "data", n=12, size=28)  # 28 px files, trained at 32
     whole = tmp_path / "whole"

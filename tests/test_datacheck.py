@@ -2,17 +2,19 @@
 files named, and the evaluation classifier cached so the first run does not pay for it."""
 
 import numpy as np
+import pytest
 from omegaconf import OmegaConf
 
 from ganlab.data.idx import write_idx
 from ganlab.datacheck import check_data
-from conftest import digit_like, make_image_folder, run_cli
+from conftest import cli, digit_like, make_image_folder, run_cli
 
 
 def _cfg(dataset: dict, cache: bool) -> OmegaConf:
     return OmegaConf.create({"dataset": dataset, "cache": cache, "device": "cpu"})
 
 
+@pytest.mark.slow
 def test_an_idx_set_reports_duplicates_balance_and_caches_the_classifier(tmp_path):
     x, y = digit_like(120, seed=3)
     x[7], y[7] = x[3], y[3]      # two exact duplicates of image 3
@@ -47,5 +49,5 @@ def test_a_folder_with_a_broken_file_is_named_and_the_check_fails(tmp_path):
     assert r.returncode == 2, r.stdout + r.stderr
     assert "files" in r.stdout and "8" in r.stdout and "duplicates" in r.stdout  # the report is shown first
     assert "1 unreadable image file(s)" in r.stderr and "broken.png" in r.stderr and "Remove or replace" in r.stderr
-    r = run_cli("data", "check", cwd=tmp_path)
+    r = cli("data", "check", cwd=tmp_path)
     assert r.returncode == 2 and "dataset=NAME" in r.stderr

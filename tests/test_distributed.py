@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import dataset_overrides, make_idx, offline_env, read_events, run_cli
+from conftest import cli, dataset_overrides, make_idx, offline_env, read_events, run_cli
+
+pytestmark = pytest.mark.slow  # minutes of real processes: scripts/test --quick skips these
 
 TESTS = str(Path(__file__).resolve().parent)
 
@@ -55,7 +57,7 @@ def data(tmp_path_factory):
 
 def test_two_processes_train_the_same_weights_and_only_rank_0_writes(data, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    r1 = run_cli(*_mnist(data, one, 20), cwd=tmp_path)
+    r1 = cli(*_mnist(data, one, 20), cwd=tmp_path)  # the one-process reference, in this process
     r2 = torchrun(*_mnist(data, two, 20), cwd=tmp_path)
     assert r1.returncode == 0, r1.stderr
     assert r2.returncode == 0, r2.stdout[-3000:] + r2.stderr[-3000:]
@@ -84,7 +86,7 @@ def test_the_first_update_equals_one_process_with_the_same_global_batch(sync_bn,
     the weights then differ by far more than float noise, which is why SyncBatchNorm is there."""
     one, two = tmp_path / "one", tmp_path / "two"
     extra = [f"train.sync_bn={str(sync_bn).lower()}"]
-    assert run_cli(*_mnist(data, one, 1, *extra), cwd=tmp_path).returncode == 0
+    assert cli(*_mnist(data, one, 1, *extra), cwd=tmp_path).returncode == 0
     r = torchrun(*_mnist(data, two, 1, *extra), cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     a, b = (_nets(torch.load(run / "checkpoints" / "last.pt", weights_only=True)) for run in (one, two))
@@ -158,7 +160,7 @@ def test_a_killed_two_process_run_resumes_bit_identical_and_on_one_process_with_
             for slot, value in slots.items():
                 assert torch.equal(value, b[part]["state"][index][slot]), (part, index, slot)
     # the same checkpoint on one process: it continues, saying in one line what cannot be exact
-    r = run_cli(*_mnist(data, single, steps, "resume=true"), cwd=tmp_path)
+    r = cli(*_mnist(data, single, steps, "resume=true"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     line = next(l for l in r.stdout.splitlines() if "resuming a checkpoint of 2 process(es) on 1" in l)
     assert "the data order, the noise and the global batch continue exactly" in line and "cannot be exact" in line
@@ -190,7 +192,8 @@ def test_a_net_trained_outside_ddp_is_caught_not_left_to_drift(tmp_path):
 
 
 def test_torchrun_refuses_a_sweep_and_an_uneven_batch(tmp_path):
-    r = torchrun("train", "-m", "model=gan,dcgan", "dataset=ring8", cwd=tmp_path)
+    # a sweep is refused before joining any process group: torchrun's environment in this process shows it
+    r = cli("train", "-m", "model=gan,dcgan", "dataset=ring8", cwd=tmp_path, WORLD_SIZE="2", RANK="0", LOCAL_RANK="0")
     assert r.returncode != 0 and "torchrun starts the processes of ONE run" in r.stdout + r.stderr
     r = torchrun("train", "dataset=ring8", "device=cpu", "train.batch_size=63", f"hydra.run.dir={tmp_path / 'odd'}",
                  cwd=tmp_path)

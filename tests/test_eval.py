@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ganlab.metrics import fd, frechet_distance, kid, prdc
-from conftest import read_events, run_cli
+from conftest import cli, read_events, run_cli
 
 
 def test_frechet_distance_of_two_gaussians_matches_the_closed_form():
@@ -29,6 +29,19 @@ def test_frechet_distance_from_samples_approaches_the_closed_form():
     assert fd(x, y)["fd"] == pytest.approx(9.0 + 1.0, rel=0.02)
 
 
+@pytest.mark.parametrize("d", [1, 2, 3, 16])
+def test_kid_by_moment_sums_equals_kid_by_kernel_matrices(d, monkeypatch):
+    from ganlab.metrics import distances
+
+    g = torch.Generator().manual_seed(d)
+    fake, real = torch.randn(700, d, generator=g) * 2, torch.randn(900, d, generator=g) + 0.3
+    by_moments = kid(fake, real, subsets=7, subset_size=300)
+    monkeypatch.setattr(distances, "MOMENTS_MAX_D3", 0)
+    by_matrices = kid(fake, real, subsets=7, subset_size=300)
+    for key in ("kid", "kid_std"):
+        assert by_moments[key] == pytest.approx(by_matrices[key], rel=1e-9, abs=1e-12)
+
+
 def test_kid_and_prdc_identical_versus_disjoint():
     g = torch.Generator().manual_seed(0)
     a = torch.randn(1500, 8, generator=g)
@@ -46,7 +59,7 @@ def test_kid_and_prdc_identical_versus_disjoint():
 def ring_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("evalrun")
     run = root / "run"
-    out = run_cli("train", "model=gan", "dataset=ring8", "train.steps=20", "device=cpu", f"hydra.run.dir={run}", cwd=root)
+    out = cli("train", "model=gan", "dataset=ring8", "train.steps=20", "device=cpu", f"hydra.run.dir={run}", cwd=root)
     assert out.returncode == 0, out.stderr
     return run
 
@@ -61,7 +74,7 @@ def test_sample_then_eval_round_trip(ring_run, tmp_path):
     assert {"fd", "kid", "precision", "recall", "density", "coverage", "modes_captured", "high_quality", "reverse_kl"} <= set(m)
     assert all(math.isfinite(v) for v in m.values())
     assert p["n_fake"] == 400 and p["features"] == "raw 2D coordinates" and p["reference"]["dataset"] == "ring8"
-    direct = run_cli("eval", f"target={ring_run}", "n=400", cwd=tmp_path)
+    direct = cli("eval", f"target={ring_run}", "n=400", cwd=tmp_path)
     assert direct.returncode == 0, direct.stderr
     assert json.loads((ring_run / "eval" / "last" / "metrics.json").read_text())["protocol"]["generated_by"].startswith("gan step 20")
     # the run's own metrics.json (from training: ring8 runs are scored at the end) is left as it was
@@ -75,7 +88,7 @@ def test_real_samples_score_as_the_real_distribution(tmp_path):
     src = MixtureSource("ring8", "ring", 8, 2.0, 0.02)
     pts, _ = src.sample(2000, torch.Generator().manual_seed(5), torch.device("cpu"))
     np.savez(tmp_path / "real.npz", arr_0=pts.numpy())
-    out = run_cli("eval", f"target={tmp_path / 'real.npz'}", "dataset=ring8", "n=2000", cwd=tmp_path)
+    out = cli("eval", f"target={tmp_path / 'real.npz'}", "dataset=ring8", "n=2000", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     m = json.loads((tmp_path / "real.metrics.json").read_text())["metrics"]
     # FD of two 2,000-sample draws of one distribution is sampling noise only (~1e-2 here)
@@ -90,24 +103,24 @@ def test_images_without_local_inception_weights_get_a_clear_message(tmp_path):
     make_idx(tmp_path / "data", n=40)
     args = ["eval", f"target={tmp_path / 'x.npz'}", "dataset=mnist", f"dataset.root={tmp_path / 'data'}",
             "dataset.download=false", "n=20", "features=inception"]
-    out = run_cli(*args, cwd=tmp_path, TORCH_HOME=str(tmp_path / "torch-home"))
+    out = cli(*args, cwd=tmp_path, TORCH_HOME=str(tmp_path / "torch-home"))
     assert out.returncode == 2 and "Inception weights are not available offline" in out.stderr
     assert "inception_weights=PATH" in out.stderr and "Traceback" not in out.stderr
     assert "features=classifier" in out.stderr
-    pixels = run_cli(*args[:-1], "features=pixels", cwd=tmp_path)
+    pixels = cli(*args[:-1], "features=pixels", cwd=tmp_path)
     assert pixels.returncode == 0, pixels.stderr
     assert json.loads((tmp_path / "x.metrics.json").read_text())["protocol"]["features"].startswith("raw pixels")
 
 
 def test_eval_of_an_npz_needs_a_reference(tmp_path):
     np.savez(tmp_path / "p.npz", arr_0=np.zeros((20, 2), np.float32))
-    out = run_cli("eval", f"target={tmp_path / 'p.npz'}", cwd=tmp_path)
+    out = cli("eval", f"target={tmp_path / 'p.npz'}", cwd=tmp_path)
     assert out.returncode == 2 and "needs the reference data" in out.stderr
 
 
 def test_in_training_evaluation_keeps_the_best_checkpoint(tmp_path):
     run = tmp_path / "run"
-    out = run_cli("train", "model=gan", "dataset=ring8", "device=cpu", "train.steps=60", "eval.every=20", "eval.n=500",
+    out = cli("train", "model=gan", "dataset=ring8", "device=cpu", "train.steps=60", "eval.every=20", "eval.n=500",
                   "eval.monitor=Metrics/fd", f"hydra.run.dir={run}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     record = json.loads((run / "metrics.json").read_text())
@@ -118,7 +131,7 @@ def test_in_training_evaluation_keeps_the_best_checkpoint(tmp_path):
     state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
     assert state["step"] == best["step"]
     assert record["protocol"]["features"] == "raw 2D coordinates" and record["protocol"]["n_fake"] == 500
-    sample = run_cli("sample", f"run={run}", "checkpoint=best", "n=5", f"out={tmp_path / 'b.npz'}", cwd=tmp_path)
+    sample = cli("sample", f"run={run}", "checkpoint=best", "n=5", f"out={tmp_path / 'b.npz'}", cwd=tmp_path)
     assert sample.returncode == 0 and f"step {best['step']}" in sample.stdout
 
 
@@ -135,7 +148,7 @@ def test_inception_features_give_fid_and_is_from_a_local_weights_file(tmp_path):
     make_idx(tmp_path / "data", n=40)
     imgs = (np.random.default_rng(0).random((12, 28, 28, 1)) * 255).astype(np.uint8)
     np.savez(tmp_path / "x.npz", arr_0=imgs)
-    out = run_cli("eval", f"target={tmp_path / 'x.npz'}", "dataset=mnist", f"dataset.root={tmp_path / 'data'}",
+    out = cli("eval", f"target={tmp_path / 'x.npz'}", "dataset=mnist", f"dataset.root={tmp_path / 'data'}",
                   "dataset.download=false", "n=12", f"inception_weights={weights}", "metrics=[fd,is]", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     rec = json.loads((tmp_path / "x.metrics.json").read_text())

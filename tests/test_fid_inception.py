@@ -11,7 +11,9 @@ import torch
 
 from ganlab.errors import GanlabError
 from ganlab.metrics.scorer import FID_INCEPTION, Scorer, fid_inception_features, to_uint8_rgb
-from conftest import make_idx, run_cli
+from conftest import cli, make_idx
+
+pytestmark = pytest.mark.slow  # minutes of real processes: scripts/test --quick skips these
 
 fe = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
 
@@ -89,13 +91,13 @@ def test_eval_names_the_network_in_metrics_json_and_refuses_without_weights(rand
     common = ["eval", f"target={tmp_path / 'x.npz'}", "dataset=mnist", f"dataset.root={tmp_path / 'data'}",
               "dataset.download=false", "n=12", "metrics=[fd,is]"]
     # auto picks the FID Inception for torch-fidelity's weights file
-    r = run_cli(*common, f"inception_weights={random_weights}", cwd=tmp_path)
+    r = cli(*common, f"inception_weights={random_weights}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     p = json.loads((tmp_path / "x.metrics.json").read_text())["protocol"]
     assert p["features"].startswith("TF FID Inception (2015-12-05) pool3, 2048-d, through torch-fidelity")
     assert p["resize"].startswith("TensorFlow-1.x-compatible bilinear") and len(p["weights_sha256"]) == 64
     # offline with nothing in the cache: one message naming the file, where to put it, and the alternatives
-    r = run_cli(*common, "features=inception_fid", cwd=tmp_path, TORCH_HOME=str(tmp_path / "empty_torch_home"))
+    r = cli(*common, "features=inception_fid", cwd=tmp_path, TORCH_HOME=str(tmp_path / "empty_torch_home"))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert FID_INCEPTION in r.stderr and "torch-fidelity's cache" in r.stderr and "features=classifier" in r.stderr
     with pytest.raises(GanlabError, match="not the FID Inception's weights"):

@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ganlab.health import Watchdog
-from conftest import read_events, run_cli
+from conftest import cli, read_events
 
 TESTS = str(Path(__file__).resolve().parent)  # faults.py: objectives broken on purpose
 
@@ -52,7 +52,7 @@ def test_findings_are_reported_once_when_they_set_in_and_again_only_after_they_c
 
 def test_a_d_that_is_too_strong_is_reported_as_saturated(tmp_path):
     run = tmp_path / "strong_d"
-    r = run_cli(*_ring8(run, 160, "model=gan", "optimizer.lr_g=1e-7", "optimizer.lr_d=1e-3", "train.n_critic=3",
+    r = cli(*_ring8(run, 160, "model=gan", "optimizer.lr_g=1e-7", "optimizer.lr_d=1e-3", "train.n_critic=3",
                         "train.log_every=20", "train.sample_every=1000"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     findings = _health(run)
@@ -66,7 +66,7 @@ def test_a_d_that_is_too_strong_is_reported_as_saturated(tmp_path):
     assert dx[step] > 0.99
     text = ev.Tensors("Health/text_summary")
     assert text[0].step == step and b"d_saturated" in text[0].tensor_proto.string_val[0]
-    r = run_cli("report", str(run), "--format", "csv", cwd=tmp_path)
+    r = cli("report", str(run), "--format", "csv", cwd=tmp_path)
     assert r.returncode == 0 and f"d_saturated@{step}" in r.stdout, r.stdout + r.stderr
 
 
@@ -75,9 +75,9 @@ def test_an_lr_that_explodes_is_reported_from_the_norms_before_it(tmp_path):
     orders of magnitude over their median of the earlier windows (the watchdog's memory is checkpointed)."""
     run = tmp_path / "lr"
     common = ["model=wgan", "train.log_every=5", "train.ckpt_every=10", "train.sample_every=1000"]
-    r = run_cli(*_ring8(run, 30, *common, "optimizer.lr=1e-4"), cwd=tmp_path)
+    r = cli(*_ring8(run, 30, *common, "optimizer.lr=1e-4"), cwd=tmp_path)
     assert r.returncode == 0 and _kinds(run) == [], r.stderr
-    r = run_cli(*_ring8(run, 40, *common, "optimizer.lr=10", "train.clip_d=null", "resume=true"), cwd=tmp_path)
+    r = cli(*_ring8(run, 40, *common, "optimizer.lr=10", "train.clip_d=null", "resume=true"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     findings = [f for f in _health(run) if f["kind"] == "grad_exploding"]
     assert {f["step"] for f in findings} == {35} and len(findings) == 2, findings  # G and D, once each
@@ -91,7 +91,7 @@ def test_a_g_forced_to_one_output_is_reported_as_collapse_and_a_metric_regressio
     """From step 60 the G ignores z (tests/faults.py): Health/diversity falls to 0, the watchdog says mode
     collapse at the first window after it, and the next evaluation's fd is far worse than its best."""
     run = tmp_path / "collapse"
-    r = run_cli(*_ring8(run, 100, "model=gan", "model.objective=faults.ForcedCollapse", "+model.collapse_at=60",
+    r = cli(*_ring8(run, 100, "model=gan", "model.objective=faults.ForcedCollapse", "+model.collapse_at=60",
                         "train.log_every=10", "eval.every=20", "eval.n=500", "train.sample_every=1000"),
                 cwd=tmp_path, PYTHONPATH=TESTS)
     assert r.returncode == 0, r.stderr
@@ -103,7 +103,7 @@ def test_a_g_forced_to_one_output_is_reported_as_collapse_and_a_metric_regressio
     assert min(div[s] for s in (10, 20, 30, 40, 50)) > 0.05 and max(div[s] for s in (60, 70, 80, 90, 100)) < 1e-3
     assert [e.step for e in ev.Scalars("Health/diversity_drop")] == [60]
     assert [e.step for e in ev.Scalars("Health/metric_regression")] == [60]
-    r = run_cli("report", str(run), cwd=tmp_path)
+    r = cli("report", str(run), cwd=tmp_path)
     assert "diversity_drop@60" in r.stdout and "metric_regression@60" in r.stdout, r.stdout
 
 
@@ -115,9 +115,9 @@ def test_rollback_reloads_the_last_good_state_lowers_the_lrs_and_goes_on(start, 
     common = ["model=wgan_gp", "penalty=none", "train.n_critic=1", "train.log_every=5", "train.ckpt_every=10",
               "train.sample_every=1000", "train.on_nan=rollback", "train.rollback_lr_factor=1e-11"]
     if start == "from_a_checkpoint":
-        r = run_cli(*_ring8(run, 20, *common, "optimizer.lr=1e-4"), cwd=tmp_path)
+        r = cli(*_ring8(run, 20, *common, "optimizer.lr=1e-4"), cwd=tmp_path)
         assert r.returncode == 0, r.stderr
-    r = run_cli(*_ring8(run, 40, *common, "optimizer.lr=1e8", *(["resume=true"] if start != "from_the_start" else [])),
+    r = cli(*_ring8(run, 40, *common, "optimizer.lr=1e8", *(["resume=true"] if start != "from_the_start" else [])),
                 cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     status = json.loads((run / "status.json").read_text())

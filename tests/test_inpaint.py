@@ -14,7 +14,7 @@ from ganlab.metrics.restoration import psnr_hole, ssim_hole
 from ganlab.models import inpaint as nets
 from ganlab.objectives import build_objective
 from ganlab.objectives.inpaint import RECIPES, composite, fill, hole_reconstruction, mask_input, recipe
-from conftest import compose, make_idx, read_events, run_cli
+from conftest import cli, compose, make_idx, read_events, run_cli
 from test_reliability import _assert_same_training_state
 
 
@@ -125,11 +125,12 @@ def _args(data, run, steps, *extra):
             "tricks.ema=0.9", f"hydra.run.dir={run}", *extra]
 
 
+@pytest.mark.slow
 def test_a_cpu_run_shows_the_rows_resumes_exactly_and_fills_a_folder(tmp_path):
     data = tmp_path / "data"
     make_idx(data, n=96)
     whole = tmp_path / "whole"
-    out = run_cli(*_args(data, whole, 8, "model.mask=free_form"), cwd=tmp_path)
+    out = cli(*_args(data, whole, 8, "model.mask=free_form"), cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "inpainting (context_encoder) | mask free_form 0.25 | L2 on the hole x 0.999 + nonsaturating x 0.001" in out.stdout
     acc = read_events(whole / "tb")
@@ -142,16 +143,16 @@ def test_a_cpu_run_shows_the_rows_resumes_exactly_and_fills_a_folder(tmp_path):
 
     # 4 steps, then resumed to 8: G, D, their optimizers and EMA as in the uninterrupted run (the masks replay)
     split = tmp_path / "split"
-    assert run_cli(*_args(data, split, 4, "model.mask=free_form"), cwd=tmp_path).returncode == 0
-    out = run_cli(*_args(data, split, 8, "model.mask=free_form"), "resume=true", cwd=tmp_path)
+    assert cli(*_args(data, split, 4, "model.mask=free_form"), cwd=tmp_path).returncode == 0
+    out = cli(*_args(data, split, 8, "model.mask=free_form"), "resume=true", cwd=tmp_path)
     assert out.returncode == 0 and "resuming at step 4" in out.stdout + out.stderr, out.stdout + out.stderr
     _assert_same_training_state(torch.load(whole / "checkpoints" / "last.pt", weights_only=True),
                                 torch.load(split / "checkpoints" / "last.pt", weights_only=True),
                                 nets=("generator", "discriminator", "generator_ema"))
 
-    out = run_cli("eval", f"target={whole}", "n=40", "features=pixels", "metrics=[fd]", cwd=tmp_path)
+    out = cli("eval", f"target={whole}", "n=40", "features=pixels", "metrics=[fd]", cwd=tmp_path)
     assert out.returncode == 0 and "psnr_hole" in out.stdout and "ssim_hole" in out.stdout, out.stdout + out.stderr
-    out = run_cli("sample", f"run={whole}", "n=4", f"out={tmp_path / 's.npz'}", cwd=tmp_path)
+    out = cli("sample", f"run={whole}", "n=4", f"out={tmp_path / 's.npz'}", cwd=tmp_path)
     assert out.returncode != 0 and "ganlab inpaint run=RUN_DIR" in out.stderr
 
     photos, holes = tmp_path / "photos", tmp_path / "holes"
@@ -175,5 +176,5 @@ def test_a_cpu_run_shows_the_rows_resumes_exactly_and_fills_a_folder(tmp_path):
     with Image.open(filled / "sub" / "small.png") as im:
         assert im.size == (20, 20) and im.mode == "L"  # the model is grey: its images come out grey
     (holes / "wide.png").unlink()
-    out = run_cli("inpaint", f"run={whole}", f"in={photos}", f"mask={holes}", f"out={tmp_path / 'again'}", cwd=tmp_path)
+    out = cli("inpaint", f"run={whole}", f"in={photos}", f"mask={holes}", f"out={tmp_path / 'again'}", cwd=tmp_path)
     assert out.returncode != 0 and "no mask for" in out.stderr and not (tmp_path / "again").exists()

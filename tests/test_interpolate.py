@@ -13,7 +13,7 @@ from ganlab.interpolate import interpolate_run, lerp, slerp
 from ganlab.models import sample_z
 from ganlab.objectives import load_generator
 from ganlab.train import train
-from conftest import compose, dataset_overrides, read_events, run_cli
+from conftest import cli, compose, dataset_overrides, read_events, run_cli
 
 
 def test_slerp_keeps_the_ends_and_the_norm_where_lerp_shrinks_it():
@@ -68,3 +68,19 @@ def test_interpolate_refuses_points_and_bad_values(tmp_path):
         with pytest.raises(GanlabError, match=message):
             interpolate_run(OmegaConf.create({**base, **change}))
     assert not (tmp_path / "s.png").exists()
+
+
+@pytest.mark.parametrize("shape,nrow", [((5, 1, 7, 9), 3), ((16, 3, 8, 8), 4), ((3, 3, 4, 4), 8), ((1, 1, 5, 5), 2)])
+def test_the_grid_and_its_png_are_torchvisions(shape, nrow, tmp_path):
+    """ganlab.viz draws grids without importing torchvision (2 s of every CLI start); same pixels as torchvision."""
+    from torchvision.utils import make_grid as tv_grid
+    from torchvision.utils import save_image
+
+    from ganlab.viz import make_grid, save_png
+
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    ours, theirs = make_grid(x, nrow=nrow, padding=2, pad_value=1.0), tv_grid(x, nrow=nrow, padding=2, pad_value=1.0)
+    assert torch.equal(ours, theirs)
+    save_png(ours, tmp_path / "ours.png")
+    save_image(theirs, tmp_path / "theirs.png")
+    assert (np.array(Image.open(tmp_path / "ours.png")) == np.array(Image.open(tmp_path / "theirs.png"))).all()

@@ -10,7 +10,7 @@ import torch
 from ganlab.errors import GanlabError
 from ganlab.models import lapgan as lap
 from ganlab.objectives.lapgan import LapGAN
-from conftest import compose, make_idx, read_events, run_cli
+from conftest import cli, compose, make_idx, read_events
 from test_reliability import _assert_same_training_state
 
 SMALL = ("model.widths=[8,8,32]", "model.z_dim=16", "train.batch_size=6")
@@ -119,11 +119,12 @@ def _args(data, run, steps, *extra):
             "train.n_samples=16", "train.progress=none", f"hydra.run.dir={run}", *extra]
 
 
+@pytest.mark.slow
 def test_a_cpu_run_shows_every_level_in_tensorboard_samples_and_resumes_exactly(tmp_path):
     data = tmp_path / "data"
     make_idx(data, n=96)
     whole = tmp_path / "whole"
-    out = run_cli(*_args(data, whole, 16), cwd=tmp_path)
+    out = cli(*_args(data, whole, 16), cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "Laplacian pyramid, 3 levels (7 -> 14 -> 28 px)" in out.stdout + out.stderr
     acc = read_events(whole / "tb")
@@ -137,17 +138,17 @@ def test_a_cpu_run_shows_every_level_in_tensorboard_samples_and_resumes_exactly(
     assert {f"Loss/{p}_{k}" for p in "DG" for k in range(3)} <= scalars
     assert {f"Grad/{p}{k}_norm" for p in "DG" for k in range(3)} <= scalars
 
-    out = run_cli("sample", f"run={whole}", "n=5", f"out={tmp_path / 's.npz'}", cwd=tmp_path)
+    out = cli("sample", f"run={whole}", "n=5", f"out={tmp_path / 's.npz'}", cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     samples = np.load(tmp_path / "s.npz")["arr_0"]
     assert samples.shape == (5, 28, 28, 1) and samples.dtype == np.uint8
-    out = run_cli("eval", f"target={whole}", "n=64", "features=pixels", "metrics=[fd]", cwd=tmp_path)
+    out = cli("eval", f"target={whole}", "n=64", "features=pixels", "metrics=[fd]", cwd=tmp_path)
     assert out.returncode == 0 and "fd" in out.stdout, out.stdout + out.stderr
 
     # 8 steps, then resumed to 16: every level's nets and optimizers as in the uninterrupted run
     split = tmp_path / "split"
-    assert run_cli(*_args(data, split, 8), cwd=tmp_path).returncode == 0
-    out = run_cli(*_args(data, split, 16), "resume=true", cwd=tmp_path)
+    assert cli(*_args(data, split, 8), cwd=tmp_path).returncode == 0
+    out = cli(*_args(data, split, 16), "resume=true", cwd=tmp_path)
     assert out.returncode == 0 and "resuming at step 8" in out.stdout + out.stderr, out.stdout + out.stderr
     a = torch.load(whole / "checkpoints" / "last.pt", weights_only=True)
     b = torch.load(split / "checkpoints" / "last.pt", weights_only=True)

@@ -119,6 +119,7 @@ def _pggan_args(data, run, steps, *extra):
             "train.sample_every=1000", f"hydra.run.dir={run}", *extra]
 
 
+@pytest.mark.slow
 def test_a_cpu_run_grows_4_to_32_with_a_grid_per_resolution_and_samples_at_the_data_size(tmp_path):
     data = tmp_path / "data"
     make_idx(data, n=128)
@@ -150,6 +151,7 @@ def test_a_cpu_run_grows_4_to_32_with_a_grid_per_resolution_and_samples_at_the_d
     assert "fd" in out.stdout
 
 
+@pytest.mark.slow
 def test_sigkill_in_the_middle_of_a_fade_then_resume_ends_bit_identical(tmp_path):
     data = tmp_path / "data"
     make_idx(data, n=128)

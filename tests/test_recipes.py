@@ -15,7 +15,7 @@ from ganlab.metrics.mixture import exact_high_quality
 from ganlab.models import build_models, generate
 from ganlab.objectives import load_generator
 from ganlab.train import train
-from conftest import MODELS, compose, dataset_overrides, make_idx, run_cli
+from conftest import cli, MODELS, compose, dataset_overrides, make_idx
 
 # family -> (loss, optimizer target, lr, betas or None, n_critic, penalty, other paper defaults)
 PAPER = {
@@ -31,8 +31,10 @@ PAPER = {
               {"penalty.weight": 10.0, "model.drift": 0.001, "tricks.ema": 0.999, "model.minibatch_stddev": 4,
                "model.fade_images": 800000, "model.stable_images": 800000, "model.objective": "progressive"}),
     "stylegan": ("nonsaturating", "Adam", 2e-3, [0.0, 0.99], 1, "r1",
-                 {"penalty.weight": 5.0, "model.style": "demod", "model.mapping_layers": 8, "model.mapping_lr_mul": 0.01,
+                 {"penalty.weight": 5.0, "model.mapping_layers": 8, "model.mapping_lr_mul": 0.01,
                   "model.mixing_prob": 0.9, "model.r1_every": 16, "model.w_avg_beta": 0.995, "model.pl_every": 4,
+                  "model.pl_weight": 2.0, "model.pl_batch_shrink": 2, "model.pl_decay": 0.01,
+                  "model.g_architecture": "skip", "model.d_architecture": "resnet",
                   "model.minibatch_stddev": 4, "tricks.ema": 0.999, "model.objective": "stylegan"}),
     "lapgan": ("nonsaturating", "Adam", 2e-4, [0.5, 0.999], 1, "none",
                {"model.levels": 3, "model.objective": "lapgan", "model.conditional": False}),
@@ -82,7 +84,7 @@ def test_a_family_dataset_specialization_changes_only_how_the_work_is_done():
 def test_cfg_job_on_the_cli_shows_the_recipe(family, tmp_path):
     import yaml
 
-    out = run_cli("train", f"model={family}", "--cfg", "job", cwd=tmp_path)
+    out = cli("train", f"model={family}", "--cfg", "job", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     cfg = yaml.safe_load(out.stdout)
     loss, opt, lr, _, n_critic, _, _ = PAPER[family]
@@ -162,6 +164,7 @@ def test_conditional_backbones_train(backbone, cond_d, data_root, tmp_path):
     assert images.shape == (3, 1, 28, 28) and labels.tolist() == [3, 3, 7]
 
 
+@pytest.mark.slow
 def test_conditional_generator_returns_the_requested_classes(tmp_path):
     """cgan on ring8, where a point's class is its mode: after a short run, samples asked for
     class k lie nearest to mode k."""
@@ -222,6 +225,7 @@ def test_mixture_metrics_on_hand_made_samples():
     assert m["high_quality"] == 0.0 and m["modes_captured"] == 0 and "mode_spread" not in m  # nothing to measure
 
 
+@pytest.mark.slow
 def test_conditional_images_are_of_the_requested_classes(tmp_path):
     """cgan (projection D) on generated MNIST-like digits: a nearest-class-mean classifier, exact
     on the real images, puts the samples asked for class k in class k."""

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_idx, run_cli
+from conftest import cli, make_idx, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def runs(tmp_path_factory):
                         "images": ["model=dcgan", "dataset=mnist", f"dataset.root={data}"],
                         "cond": ["model=cgan", "dataset=mnist", f"dataset.root={data}"]}.items():
         run = root / f"sweep/0_model={name},seed=1"  # a sweep-style name with '=' and ','
-        out = run_cli("train", *common, *extra, f"hydra.run.dir={run}", cwd=root)
+        out = cli("train", *common, *extra, f"hydra.run.dir={run}", cwd=root)
         assert out.returncode == 0, out.stderr
         made[name] = run
     return made
@@ -33,7 +33,7 @@ def test_images_become_uint8_nhwc(runs, tmp_path):
 
 def test_points_are_float32_and_ema_is_a_choice(runs, tmp_path):
     for ema in ("true", "false"):
-        out = run_cli("sample", f"run={runs['points']}", "n=7", f"ema={ema}", f"out={tmp_path / (ema + '.npz')}",
+        out = cli("sample", f"run={runs['points']}", "n=7", f"ema={ema}", f"out={tmp_path / (ema + '.npz')}",
                       cwd=tmp_path)
         assert out.returncode == 0, out.stderr
     a, b = (np.load(tmp_path / f"{e}.npz")["arr_0"] for e in ("true", "false"))
@@ -42,7 +42,7 @@ def test_points_are_float32_and_ema_is_a_choice(runs, tmp_path):
 
 
 def test_conditional_labels_and_numbered_checkpoints(runs, tmp_path):
-    out = run_cli("sample", f"run={runs['cond']}", "labels=[1,1,4]", "checkpoint=2", f"out={tmp_path / 'c.npz'}",
+    out = cli("sample", f"run={runs['cond']}", "labels=[1,1,4]", "checkpoint=2", f"out={tmp_path / 'c.npz'}",
                   cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     z = np.load(tmp_path / "c.npz")
@@ -60,7 +60,7 @@ def test_conditional_labels_and_numbered_checkpoints(runs, tmp_path):
 ])
 def test_bad_sample_requests(args, fragment, runs, tmp_path):
     fill = {"missing": tmp_path / "nope", "points": runs["points"], "cond": runs["cond"], "tmp": tmp_path}
-    out = run_cli("sample", *[a.format(**fill) for a in args], cwd=tmp_path)
+    out = cli("sample", *[a.format(**fill) for a in args], cwd=tmp_path)
     assert out.returncode == 2 and fragment in out.stderr and "Traceback" not in out.stderr
 
 

@@ -5,12 +5,12 @@ import json
 
 import torch
 
-from conftest import MODELS, compose, read_events, run_cli
+from conftest import cli, MODELS, compose, read_events
 
 
 def test_debug_smoke_trains_every_family_on_generated_data(tmp_path):
     sweep = tmp_path / "sweep"
-    r = run_cli("train", "-m", "model=glob(*)", "debug=smoke", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    r = cli("train", "-m", "model=glob(*)", "debug=smoke", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     runs = {d.name.split("model=")[1]: d for d in sweep.iterdir() if d.is_dir()}
     assert sorted(runs) == MODELS
@@ -24,5 +24,5 @@ def test_debug_smoke_trains_every_family_on_generated_data(tmp_path):
         assert any(t.startswith(("Samples/", "Theory/")) for t in tags["images"]), (model, tags["images"])
     # what the generated data are follows the family: images, two domains, or 1D points of known density
     assert compose("model=dcgan", "debug=smoke").dataset.objective == "adversarial"
-    r = run_cli("report", str(sweep), "--format", "csv", cwd=tmp_path)
+    r = cli("report", str(sweep), "--format", "csv", cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.count(",ok,4/4,") == len(MODELS), r.stdout

@@ -55,6 +55,7 @@ def test_a_real_divergence_under_fp16_is_still_caught(tmp_path):
                    "train.steps=200", "train.log_every=5", "train.ckpt_every=1000", *SMALL_MLP)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["gan", "wgan_gp"])
 def test_compile_gives_finite_losses(model, tmp_path):
     result = _few_steps(tmp_path, f"model={model}", "dataset=ring8", "train.compile=true", "train.amp=bf16", *SMALL_MLP)
@@ -147,6 +148,7 @@ def test_fp16_gradient_penalty_under_autocast_matches_fp32():
     assert low.dtype == torch.float32 and low.item() == pytest.approx(exact.item(), rel=0.05)
 
 
+@pytest.mark.slow
 def test_benchmark_script_reports_an_overhead_ratio(tmp_path):
     """One tiny case of the real script: the table and the final `overhead_ratio X` line."""
     code = ("import sys; sys.argv = ['benchmark.py', '--quick', '--repeats', '1']; sys.path.insert(0, %r); "

@@ -1,6 +1,7 @@
-"""StyleGAN (Karras et al. 2019, 2020): AdaIN and weight demodulation, truncation, style mixing, the lazy
-R1 phase and its Adam adjustment, path-length regularization, and a real CPU run at 32 px with the
-three StyleGAN grids in TensorBoard, killed with SIGKILL and resumed bit-identically."""
+"""StyleGAN2 (Karras et al. 2020) as the official code defines it: FIR resampling against a direct convolution,
+modulation/demodulation against a hand computation, truncation, style mixing, the lazy R1 phase counted in D
+steps and its Adam adjustment, path-length regularization's running mean and lazy scaling, and a real CPU run
+at 32 px with the three StyleGAN grids in TensorBoard, killed with SIGKILL and resumed bit-identically."""
 
 import contextlib
 import math
@@ -13,59 +14,99 @@ import torch.nn.functional as F
 
 from ganlab.errors import GanlabError
 from ganlab.models import stylegan as sg
-from ganlab.objectives.stylegan import StyleGAN
-from conftest import compose, make_idx, read_events, run_cli
+from ganlab.objectives.stylegan import StyleGAN, d_steps_cross
+from conftest import cli, compose, make_idx, read_events, run_cli
 from test_reliability import _assert_same_training_state, _last_step, _popen, _wait_for
 
-SMALL = ("model.width=16", "model.fmap_base=128", "model.z_dim=32", "model.w_dim=32")
+SMALL = ("model.channel_max=16", "model.channel_base=128", "model.z_dim=32", "model.w_dim=32")
 
 
-def _g(style="demod", resolution=16):
-    cfg = compose("model=stylegan", f"model.style={style}", *SMALL)
+def _g(resolution=16, **extra):
+    cfg = compose("model=stylegan", *SMALL, *[f"model.{k}={v}" for k, v in extra.items()])
     torch.manual_seed(0)
     return sg.build(cfg.model, (3, resolution, resolution), resolution)[0]
 
 
-def _source(shape=(1, 32, 32), kind="image"):
-    return type("S", (), {"kind": kind, "shape": shape, "name": "mnist"})()
+def _source(shape=(1, 32, 32), kind="image", num_classes=10):
+    return type("S", (), {"kind": kind, "shape": shape, "name": "mnist", "num_classes": num_classes})()
 
 
-def test_adain_output_per_channel_has_the_styles_mean_and_std():
-    x = torch.randn(4, 6, 8, 8) * 3 + 2
-    scale, shift = torch.rand(4, 6) * 2 + 0.5, torch.randn(4, 6)
-    out = sg.adain(x, scale, shift)
-    assert torch.allclose(out.mean(dim=(2, 3)), shift, atol=1e-5)
-    assert torch.allclose(out.std(dim=(2, 3), unbiased=False), scale, atol=1e-4)
-    # and in G: every AdaIN layer's output has its style's statistics
-    g = _g("adain")
-    layer = g.synthesis.layers[2]
-    w = g.mapping(torch.randn(4, 32))[:, 2]
-    scale, shift = layer.affine(w).chunk(2, dim=1)
-    out = layer(torch.randn(4, 16, 8, 8), w)
-    assert torch.allclose(out.mean(dim=(2, 3)), shift, atol=1e-4)
-    assert torch.allclose(out.std(dim=(2, 3), unbiased=False), scale.abs(), atol=1e-3)
+# ------------------------------------------------------------------------------------ FIR resampling
+def _reference_upfirdn(x: np.ndarray, f: np.ndarray, up: int, down: int, pad: tuple[int, int, int, int],
+                       gain: float) -> np.ndarray:
+    """The definition, by scipy: zeros inserted, padded (or cropped), a full 2D convolution with the filter
+    kept where it overlaps the signal wholly ('valid'), every down-th pixel."""
+    from scipy.signal import convolve2d
+
+    h, w = x.shape
+    u = np.zeros((h * up, w * up))
+    u[::up, ::up] = x
+    x0, x1, y0, y1 = pad
+    u = np.pad(u, ((max(y0, 0), max(y1, 0)), (max(x0, 0), max(x1, 0))))
+    u = u[max(-y0, 0):u.shape[0] - max(-y1, 0), max(-x0, 0):u.shape[1] - max(-x1, 0)]
+    return convolve2d(u, f * gain, mode="valid")[::down, ::down]
 
 
-def test_demodulated_weights_have_unit_l2_norm_per_output_channel_and_the_layer_convolves_with_them():
-    weight, styles = torch.randn(8, 5, 3, 3), torch.rand(4, 5) * 3
-    w = sg.modulated_weight(weight, styles)
-    assert w.shape == (4, 8, 5, 3, 3)
-    assert torch.allclose(w.square().sum(dim=(2, 3, 4)).sqrt(), torch.ones(4, 8), atol=1e-5)
-    assert torch.allclose(sg.demodulation(weight, styles), 1 / sg.modulated_weight(weight, styles, False)
-                          .square().sum(dim=(2, 3, 4)).sqrt(), rtol=1e-5)
-    # a synthesis layer (no noise) = LeakyReLU(grouped conv with each sample's demodulated weight + bias),
-    # the input taken with the previous activation's sqrt(2) gain
-    g = _g("demod")
-    layer = g.synthesis.layers[2]
-    x, w_in = torch.randn(4, 16, 8, 8), g.mapping(torch.randn(4, 32))[:, 2]
+@pytest.mark.parametrize("up,down,pad,gain", [
+    (1, 1, (1, 2, 0, 3), 1.0),       # pad only (uneven)
+    (2, 1, (2, 1, 2, 1), 4.0),       # x2 up, as G's skip image
+    (1, 2, (1, 1, 1, 1), 1.0),       # /2 down, as D
+    (2, 2, (1, 1, 1, 1), 4.0),       # both
+    (1, 1, (-1, 0, 0, -1), 1.0),     # negative padding crops
+])
+def test_upfirdn2d_equals_a_direct_convolution_with_up_and_downsampling(up, down, pad, gain):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 3, 7, 6))
+    taps = np.array([1.0, 3.0, 1.0, 5.0])  # asymmetric: a flipped filter would show
+    f2 = np.outer(taps, taps[::-1]) / np.outer(taps, taps[::-1]).sum()
+    got = sg.upfirdn2d(torch.tensor(x), torch.tensor(f2), up=up, down=down, padding=pad, gain=gain).numpy()
+    for n in range(2):
+        for c in range(3):
+            want = _reference_upfirdn(x[n, c], f2, up, down, pad, gain)
+            assert got[n, c].shape == want.shape
+            np.testing.assert_allclose(got[n, c], want, atol=1e-10)
+
+
+def test_the_resampling_convolutions_keep_sizes_and_are_the_filter_composed_with_the_conv():
+    f = sg.setup_filter([1, 3, 3, 1])
+    assert torch.allclose(f, torch.outer(torch.tensor([1., 3, 3, 1]), torch.tensor([1., 3, 3, 1])) / 64)
+    x, w = torch.randn(2, 4, 8, 8, dtype=torch.float64), torch.randn(5, 4, 3, 3, dtype=torch.float64)
+    down = sg.conv2d_resample(x, w, f=f.double(), down=2, padding=1)
+    assert down.shape == (2, 5, 4, 4)
+    # down: the filter (padded so that the conv's own padding is kept), then the strided conv
+    assert torch.allclose(down, F.conv2d(sg.upfirdn2d(x, f.double(), padding=(2, 2, 2, 2)), w, stride=2))
+    up = sg.conv2d_resample(x, w, f=f.double(), up=2, padding=1)
+    assert up.shape == (2, 5, 16, 16)
+    # up: a true convolution (the official flip_weight=False) of the zero-stuffed input, then the filter x 4
+    stuffed = sg.upfirdn2d(x, None, up=2, padding=(2, 1, 2, 1))
+    conv = F.conv2d(stuffed, w.flip([2, 3]))
+    assert torch.allclose(up, sg.upfirdn2d(conv, f.double(), padding=(1, 1, 1, 1), gain=4), atol=1e-10)
+    assert sg.upsample2d(x, f.double()).shape == (2, 4, 16, 16) and sg.downsample2d(x, f.double()).shape == (2, 4, 4, 4)
+    ones = torch.ones(1, 1, 8, 8, dtype=torch.float64)  # unit DC gain inside the image
+    assert torch.allclose(sg.upsample2d(ones, f.double())[..., 2:-2, 2:-2], torch.ones(1, 1, 12, 12, dtype=torch.float64))
+
+
+# ------------------------------------------------------------------------ modulation, demodulation
+def test_a_synthesis_layer_is_the_hand_computed_modulated_demodulated_convolution():
+    torch.manual_seed(1)
+    layer = sg.SynthesisLayer(5, 8, w_dim=6, resolution=8)
     with torch.no_grad():
         layer.bias.normal_()
-        s = layer.affine(w_in)
-        per_sample = sg.modulated_weight(layer.weight * layer.weight_gain, s)
-        ref = F.conv2d((x * layer.in_gain).reshape(1, -1, 8, 8), per_sample.reshape(-1, 16, 3, 3), padding=1, groups=4)
-        ref = F.leaky_relu(ref.reshape(4, 16, 8, 8) + layer.bias[None, :, None, None], 0.2)
-        assert layer.in_gain == pytest.approx(math.sqrt(2))
-        assert torch.allclose(layer(x, w_in, noise_mode="none"), ref, atol=1e-5)
+        layer.noise_strength.fill_(0.3)
+    x, w = torch.randn(4, 5, 8, 8), torch.randn(4, 6)
+    with torch.no_grad():
+        s = w @ (layer.affine.weight.t() / math.sqrt(6)) + layer.affine.bias  # the affine: equalized lr, bias 1
+        ref = torch.empty(4, 8, 8, 8)
+        for n in range(4):  # each sample: weight x style per input channel, each output filter to unit L2 norm
+            wn = layer.weight * s[n][None, :, None, None]
+            wn = wn / wn.square().sum(dim=(1, 2, 3), keepdim=True).add(1e-8).sqrt()
+            assert torch.allclose(wn.square().sum(dim=(1, 2, 3)), torch.ones(8), atol=1e-5)
+            ref[n] = F.conv2d(x[n:n + 1], wn, padding=1)[0]
+        ref = ref + 0.3 * layer.noise_const  # the stored noise image times the layer's one strength
+        ref = F.leaky_relu(ref + layer.bias[None, :, None, None], 0.2) * math.sqrt(2)
+        for fused in (False, True):  # the official training path and its eval path
+            assert torch.allclose(layer(x, w, noise_mode="const", fused=fused), ref, atol=1e-4)
+    g = _g()
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in g.modules())
 
 
@@ -76,33 +117,24 @@ def test_psi_0_gives_the_average_w_image_for_every_z():
         assert g.mapping.w_avg.abs().sum() > 0
         z = torch.randn(6, 32)
         out = g(z, psi=0.0, noise_mode="const")
-        avg = g.synthesis(g.mapping.w_avg.expand(1, g.n_ws, -1), "const")
-        assert torch.allclose(out, avg.expand_as(out), atol=1e-6)
+        avg = g.synthesis(g.mapping.w_avg.expand(1, g.num_ws, -1), "const")
+        assert torch.allclose(out, avg.expand_as(out), atol=1e-5)
         assert not torch.allclose(g(z, noise_mode="const")[0], g(z, noise_mode="const")[1])  # psi 1: they differ
         half = g.mapping(z, psi=0.5)
         assert torch.allclose(half, g.mapping.w_avg + 0.5 * (g.mapping(z) - g.mapping.w_avg), atol=1e-6)
+        cut = g.mapping(z, psi=0.0, cutoff=2)  # truncation_cutoff: only the first two ws
+        assert torch.allclose(cut[:, :2], g.mapping.w_avg.expand(6, 2, -1)) and torch.equal(cut[:, 2:], g.mapping(z)[:, 2:])
 
 
 def test_style_mixing_at_crossover_k_feeds_w1_below_k_and_w2_from_k_on():
     g = _g(resolution=32)
-    assert g.n_ws == sg.num_ws(32) == 8
+    assert g.num_ws == 8  # two convs per resolution but the first's one, plus the last toRGB
     z1, z2 = torch.randn(3, 32), torch.randn(3, 32)
     w1, w2 = g.mapping(z1)[:, 0], g.mapping(z2)[:, 0]
-    seen = {}  # w index -> the ws that the layers reading it were given
-    hooks = [m.register_forward_pre_hook(lambda mod, args, i=i: seen.setdefault(i, []).append(args[1]))
-             for i, m in enumerate(g.synthesis.layers)]  # conv k reads index k
-    hooks += [m.register_forward_pre_hook(lambda mod, args, b=b: seen.setdefault(2 * b + 1, []).append(args[1]))
-              for b, m in enumerate(g.synthesis.to_rgb)]  # the toRGB after conv k reads index k + 1
-    for k in range(1, g.n_ws):
-        seen.clear()
-        with torch.no_grad():
-            g(z1, mix_z=z2, mix_cutoff=torch.tensor(k), noise_mode="const")
-        assert sorted(seen) == list(range(g.n_ws))
-        for index, given in seen.items():
-            assert all(torch.equal(w, w1 if index < k else w2) for w in given), (k, index)
-    for h in hooks:
-        h.remove()
-    # the objective draws the crossover on the device: 1 .. num_ws - 1, or num_ws (no mixing) with probability 0.1
+    for k in range(1, g.num_ws):
+        ws = g.ws(z1, mix_z=z2, mix_cutoff=torch.tensor(k))
+        for i in range(g.num_ws):
+            assert torch.equal(ws[:, i], w1 if i < k else w2), (k, i)
     cfg = compose("model=stylegan", *SMALL, "train.batch_size=4")
     obj = StyleGAN(cfg, _source(), torch.device("cpu"))
     torch.manual_seed(0)
@@ -111,6 +143,7 @@ def test_style_mixing_at_crossover_k_feeds_w1_below_k_and_w2_from_k_on():
     assert (cuts == 8).float().mean().item() == pytest.approx(0.1, abs=0.03)
 
 
+# ------------------------------------------------------------------------------- regularization
 class _Rt:
     device = torch.device("cpu")
 
@@ -132,12 +165,12 @@ class _LinearD(torch.nn.Module):
         super().__init__()
         self.a = torch.nn.Parameter(a)
 
-    def forward(self, x, y=None):
+    def forward(self, x, c=None):
         return x.flatten(1) @ self.a + 0.3
 
 
-def test_lazy_r1_matches_a_hand_computed_value_for_a_linear_d_and_adam_is_adjusted():
-    cfg = compose("model=stylegan", *SMALL, "penalty.weight=2.5")  # gamma 5
+def test_lazy_r1_matches_a_hand_computed_value_counts_d_steps_and_adam_is_adjusted():
+    cfg = compose("model=stylegan", *SMALL, "penalty.weight=2.5", "model.pl_weight=0")  # gamma 5
     obj = StyleGAN(cfg, _source(), torch.device("cpu"))
     a = torch.randn(32 * 32)
     obj.nets["discriminator"] = _LinearD(a)
@@ -146,43 +179,72 @@ def test_lazy_r1_matches_a_hand_computed_value_for_a_linear_d_and_adam_is_adjust
     assert logs["Loss/r1"].item() == pytest.approx(a.square().sum().item(), rel=1e-5)
     assert loss.item() == pytest.approx(2.5 * a.square().sum().item() * 16, rel=1e-5)
     [reg] = [p for p in obj.phases if p.name == "D_reg"]
-    assert reg.every == 16 and reg.optimizer == "d" and [p.name for p in obj.phases] == ["D", "D_reg", "G"]
+    assert [p.name for p in obj.phases] == ["D", "D_reg", "G"]
+    assert [s for s in range(1, 65) if reg.runs_at(s)] == [16, 32, 48, 64]  # n_critic 1: every 16 loop steps
     group = obj.optimizers["d"].param_groups[0]
     assert group["lr"] == pytest.approx(2e-3 * 16 / 17) and group["betas"][1] == pytest.approx(0.99 ** (16 / 17))
     assert obj.optimizers["g"].param_groups[0]["lr"] == pytest.approx(2e-3)  # no lazy G phase: untouched
+    # counted in D steps: with 3 D steps a loop step, R1 after D steps 16, 32, 48, ... (loop steps 6, 11, 16, ...)
+    three = StyleGAN(compose("model=stylegan", *SMALL, "train.n_critic=3"), _source(), torch.device("cpu"))
+    [reg3] = [p for p in three.phases if p.name == "D_reg"]
+    due = [s for s in range(1, 33) if reg3.runs_at(s)]
+    assert due == [6, 11, 16, 22, 27, 32] and all(d_steps_cross(s, 3, 16) for s in due)
+    assert [s for s in range(17, 33) if reg3.runs_at(s)] == [22, 27, 32]  # a pure function of the step: a resume
     # r1_every=1: R1 inside the D phase at every step, no adjustment
     eager = StyleGAN(compose("model=stylegan", *SMALL, "model.r1_every=1"), _source(), torch.device("cpu"))
-    assert [p.name for p in eager.phases] == ["D", "G"]
+    assert [p.name for p in eager.phases] == ["D", "G", "G_reg"]
     assert eager.optimizers["d"].param_groups[0]["lr"] == pytest.approx(2e-3)
 
 
-def test_path_length_penalty_tracks_its_running_mean():
-    cfg = compose("model=stylegan", *SMALL, "model.pl_weight=2", "train.batch_size=8")
+def test_path_length_penalty_tracks_its_running_mean_and_is_scaled_by_its_interval():
+    cfg = compose("model=stylegan", *SMALL, "train.batch_size=8")  # the paper's pl_weight 2, every 4 G steps
     obj = StyleGAN(cfg, _source(), torch.device("cpu"))
     assert [p.name for p in obj.phases] == ["D", "D_reg", "G", "G_reg"]
+    [reg] = [p for p in obj.phases if p.name == "G_reg"]
+    assert [s for s in range(1, 13) if reg.runs_at(s)] == [4, 8, 12] and obj.pl_batch == 4
     assert obj.optimizers["g"].param_groups[0]["lr"] == pytest.approx(2e-3 * 4 / 5)
     torch.manual_seed(0)
     loss, logs = obj.g_reg(4, _Rt(None))
     first = logs["Loss/path_length_mean"].item()
     assert first > 0 and obj.pl_mean.item() == pytest.approx(first)
+    assert loss.item() == pytest.approx(logs["Loss/path_length"].item() * 2 * 4, rel=1e-6)  # weight 2, interval 4
     loss.backward()  # differentiable w.r.t. G
-    assert obj.nets["generator"].mapping.fcs[0].weight.grad is not None
-    obj.g_reg(8, _Rt(None))
-    assert obj.pl_mean.item() != first and obj.state_dict()["pl_mean"].item() == obj.pl_mean.item()
+    assert obj.nets["generator"].mapping.fc0.weight.grad is not None
+    # the running mean: a <- a + decay (mean length - a), from 0: the first is decay x the batch's mean length
+    torch.manual_seed(1)
+    before = obj.pl_mean.clone()
+    from ganlab.objectives.stylegan import path_length_penalty
+
+    z = torch.randn(4, 32)
+    torch.manual_seed(2)
+    _, mean = path_length_penalty(obj.nets["generator"], z, None, before, 0.01, {})
+    torch.manual_seed(2)
+    g = obj.nets["generator"]
+    ws = g.ws(z, update_w_avg=True)
+    img = g.synthesis(ws)
+    y = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
+    (grad,) = torch.autograd.grad((img * y).sum(), ws)
+    lengths = grad.square().sum(2).mean(1).sqrt()
+    assert mean.item() == pytest.approx((before + 0.01 * (lengths.mean() - before)).item(), rel=1e-5)
+    assert obj.state_dict()["pl_mean"].item() == obj.pl_mean.item()
 
 
-def test_stylegan_refuses_points_conditioning_other_penalties_and_unknown_styles():
+def test_stylegan_refuses_points_unlabelled_conditioning_other_penalties_and_bad_values():
     cpu = torch.device("cpu")
     with pytest.raises(GanlabError, match="needs images"):
         StyleGAN(compose("model=stylegan", "dataset=ring8"), _source((2,), "points"), cpu)
-    with pytest.raises(GanlabError, match="unconditional"):
-        StyleGAN(compose("model=stylegan", "model.conditional=true"), _source(), cpu)
+    with pytest.raises(GanlabError, match="needs a labelled dataset"):
+        StyleGAN(compose("model=stylegan", "model.conditional=true"), _source(num_classes=None), cpu)
     with pytest.raises(GanlabError, match="penalty=r1"):
         StyleGAN(compose("model=stylegan", "penalty=gp"), _source(), cpu)
-    with pytest.raises(GanlabError, match="model.style='stylegan3' is unknown"):
-        StyleGAN(compose("model=stylegan", "model.style=stylegan3"), _source(), cpu)
+    with pytest.raises(GanlabError, match="model.g_architecture='stylegan3' is not valid"):
+        StyleGAN(compose("model=stylegan", "model.g_architecture=stylegan3"), _source(), cpu)
     with pytest.raises(GanlabError, match="model.r1_every"):
         StyleGAN(compose("model=stylegan", "model.r1_every=-2"), _source(), cpu)
+    cond = StyleGAN(compose("model=stylegan", *SMALL, "model.conditional=true"), _source(), cpu)  # the official CIFAR-10
+    assert cond.c_dim == 10 and hasattr(cond.nets["discriminator"], "mapping")
+    x = cond.sampler()(torch.randn(3, 32), torch.tensor([1, 2, 3]))
+    assert x.shape == (3, 1, 32, 32)
 
 
 # ------------------------------------------------------------------- a real run, killed and resumed
@@ -193,8 +255,7 @@ STEPS = 64
 def _args(data, run, *extra):
     return ["train", "model=stylegan", f"dataset.root={data}", "dataset.download=false", "device=cpu", *SMALL,
             f"train.steps={STEPS}", "train.batch_size=8", "train.log_every=1", "train.sample_every=32",
-            "train.ckpt_every=5", "train.n_samples=16", "train.progress=none", "model.pl_weight=2",
-            f"hydra.run.dir={run}", *extra]
+            "train.ckpt_every=5", "train.n_samples=16", "train.progress=none", f"hydra.run.dir={run}", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -218,9 +279,10 @@ def runs(tmp_path_factory):
     return {"root": root, "whole": root / "whole", "killed": killed, "saved": saved, "log": out}
 
 
+@pytest.mark.slow
 def test_a_cpu_run_shows_the_three_stylegan_grids_in_tensorboard(runs):
-    assert "StyleGAN2 (demodulation) 32 px, 8 ws, mixing 0.9 | loss nonsaturating + r1 (lazy, every 16 steps)" \
-        in runs["log"]
+    assert ("StyleGAN2 32 px, 8 ws, mixing 0.9 | loss nonsaturating + r1 (lazy, every 16 D steps) + path length 2 "
+            "(every 4 G steps)") in runs["log"]
     acc = read_events(runs["whole"] / "tb")
     images = acc.Tags()["images"]
     assert {"Samples/fixed_z", "Samples/style_mixing", "Samples/noise_resampling", "Samples/truncation"} <= set(images)
@@ -243,6 +305,7 @@ def test_a_cpu_run_shows_the_three_stylegan_grids_in_tensorboard(runs):
     assert not all(np.array_equal(first_column[0], c) for c in first_column)
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_it_ends_bit_identical_with_lazy_phases_on_schedule(runs):
     assert 20 <= runs["saved"] < 32
     a = torch.load(runs["whole"] / "checkpoints" / "last.pt", weights_only=True)
@@ -252,22 +315,41 @@ def test_killed_and_resumed_it_ends_bit_identical_with_lazy_phases_on_schedule(r
         assert torch.equal(a["generator_ema"][key], b["generator_ema"][key]), key
     assert torch.equal(a["objective"]["pl_mean"], b["objective"]["pl_mean"]) and a["objective"]["pl_mean"] > 0
     assert torch.equal(a["generator"]["mapping.w_avg"], b["generator"]["mapping.w_avg"])
-    for run in ("whole", "killed"):  # the lazy phases ran exactly on their steps, across the resume too
+    for run in ("whole", "killed"):  # the lazy phases ran exactly on their steps (in D and G steps), across the resume
         acc = read_events(runs[run] / "tb")
         assert [e.step for e in acc.Scalars("Loss/r1")] == [16, 32, 48, 64], run
         assert [e.step for e in acc.Scalars("Loss/path_length")] == list(range(4, STEPS + 1, 4)), run
         assert [e.step for e in acc.Scalars("Loss/D")] == list(range(1, STEPS + 1)), run
 
 
-def test_ganlab_sample_with_truncation(runs):
-    root, run = runs["root"], runs["whole"]
+@pytest.mark.slow
+def test_ganlab_sample_with_truncation_noise_and_given_latents(runs, tmp_path):
+    run = runs["whole"]
     spread = {}
     for psi in (1.0, 0.0):
-        out = run_cli("sample", f"run={run}", "n=16", f"out={root / f's{psi}.npz'}", f"truncation={psi}", cwd=root)
+        out = cli("sample", f"run={run}", "n=16", f"out={tmp_path / f's{psi}.npz'}", f"truncation={psi}",
+                  "noise=const", cwd=tmp_path)
         assert out.returncode == 0, out.stdout + out.stderr
-        x = np.load(root / f"s{psi}.npz")["arr_0"]
+        x = np.load(tmp_path / f"s{psi}.npz")["arr_0"]
         assert x.shape == (16, 28, 28, 1) and x.dtype == np.uint8
         spread[psi] = x.astype(np.float32).std(axis=0).mean()
-    assert spread[0.0] < 0.5 * spread[1.0]  # psi 0: one w for all; only the noise inputs differ
-    out = run_cli("sample", f"run={run}", "n=4", f"out={root / 'x.npz'}", "truncation=strong", cwd=root)
-    assert out.returncode != 0 and "truncation='strong' is not valid" in out.stderr
+    assert spread[0.0] == 0  # psi 0 and the stored noise: every sample is the average w's image
+    assert spread[1.0] > 0
+    z = np.random.default_rng(0).normal(size=(5, 32)).astype(np.float32)
+    np.save(tmp_path / "z.npy", z)
+    for name in ("a", "b"):  # z=FILE: those latents in that order, the same images every time with const noise
+        out = cli("sample", f"run={run}", f"z={tmp_path / 'z.npy'}", "noise=const", f"out={tmp_path / (name + '.npz')}",
+                  cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+    a, b = np.load(tmp_path / "a.npz")["arr_0"], np.load(tmp_path / "b.npz")["arr_0"]
+    assert a.shape == (5, 28, 28, 1) and np.array_equal(a, b)
+    np.save(tmp_path / "z2.npy", z[::-1].copy())
+    cli("sample", f"run={run}", f"z={tmp_path / 'z2.npy'}", "noise=const", f"out={tmp_path / 'c.npz'}", cwd=tmp_path)
+    assert np.array_equal(np.load(tmp_path / "c.npz")["arr_0"], a[::-1])
+    for bad, message in (("truncation=strong", "truncation='strong' is not valid"), ("noise=loud", "noise='loud'"),
+                         (f"z={tmp_path / 'nothing.npy'}", "z=")):
+        out = cli("sample", f"run={run}", "n=4", f"out={tmp_path / 'x.npz'}", bad, cwd=tmp_path)
+        assert out.returncode == 2 and message in out.stderr, out.stderr
+    np.save(tmp_path / "wide.npy", np.zeros((3, 7), np.float32))
+    out = cli("sample", f"run={run}", f"z={tmp_path / 'wide.npy'}", f"out={tmp_path / 'x.npz'}", cwd=tmp_path)
+    assert out.returncode == 2 and "N x 32" in out.stderr

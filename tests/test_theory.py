@@ -12,7 +12,7 @@ import torch
 from ganlab.errors import GanlabError
 from ganlab.metrics.theory import Densities, divergences, expectation_points, theory_metrics
 from ganlab.train import train
-from conftest import compose, read_events, run_cli
+from conftest import cli, compose, read_events
 
 SIGMA = 0.3
 
@@ -75,12 +75,13 @@ def test_optimal_d_refuses_what_would_change_d_star(data_root):
     assert not (data_root / "never").exists()
 
 
+@pytest.mark.slow
 def test_a_trained_d_is_within_tolerance_of_d_star_and_v_gives_js(tmp_path):
     """experiment=optimal_d through the real CLI: two overlapping 1D mixtures; after 1,500 D steps
     |D - D*| <= 0.15 wherever (p_r + p_g)/2 >= 1% of its peak (0.01 on average under it), and
     (V(D, G) + log 4) / 2 is within 0.01 of the numeric JS (and not above it: V(D) <= V(D*))."""
     run = tmp_path / "run"
-    r = run_cli("train", "experiment=optimal_d", "train.steps=1500", "train.progress=none", "train.sample_every=750",
+    r = cli("train", "experiment=optimal_d", "train.steps=1500", "train.progress=none", "train.sample_every=750",
                 f"hydra.run.dir={run}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     m = json.loads((run / "metrics.json").read_text())["metrics"]
@@ -93,20 +94,21 @@ def test_a_trained_d_is_within_tolerance_of_d_star_and_v_gives_js(tmp_path):
     assert ev.Scalars("Metrics/js")[-1].value == pytest.approx(m["js"], rel=1e-6)
     assert {"Loss/D", "Loss/critic", "Critic/W1_estimate", "D/D(x)"} <= set(ev.Tags()["scalars"])
     # ganlab eval on the run prints the same measurements; ganlab sample draws from the known p_g
-    r = run_cli("eval", f"target={run}", cwd=tmp_path)
+    r = cli("eval", f"target={run}", cwd=tmp_path)
     assert r.returncode == 0 and "d_error_max" in r.stdout and "js_from_v" in r.stdout, r.stderr
-    r = run_cli("sample", f"run={run}", "n=20000", f"out={tmp_path / 's.npz'}", cwd=tmp_path)
+    r = cli("sample", f"run={run}", "n=20000", f"out={tmp_path / 's.npz'}", cwd=tmp_path)
     x = np.load(tmp_path / "s.npz")["arr_0"][:, 0]
     assert x.mean() == pytest.approx(0.5, abs=0.05)  # 1.5 * (+-1 mixture, mean 0) + 0.5
     assert x.std() == pytest.approx(1.5 * math.sqrt(1 + SIGMA ** 2), rel=0.03)
 
 
+@pytest.mark.slow
 def test_the_minimax_gradient_vanishes_as_the_supports_separate(tmp_path):
     """A sweep over the distance between two 1D Gaussians (1 and 10 std apart) through `ganlab train -m`:
     with the trained D the minimax G gradient collapses (x100 smaller) while the non-saturating one
     stays large and the Wasserstein critic's stays near dW_1/dtheta = 1; at D* the minimax one is ~0."""
     sweep = tmp_path / "sweep"
-    r = run_cli("train", "-m", "experiment=optimal_d", "dataset.n_modes=1", "model.g_scale=1",
+    r = cli("train", "-m", "experiment=optimal_d", "dataset.n_modes=1", "model.g_scale=1",
                 "model.g_shift=0.3,3.0", "train.steps=1000", "train.progress=none", f"hydra.sweep.dir={sweep}",
                 cwd=tmp_path, timeout=900)
     assert r.returncode == 0, r.stderr
@@ -123,5 +125,5 @@ def test_the_minimax_gradient_vanishes_as_the_supports_separate(tmp_path):
     for m in (near, far):
         assert 0.7 < m["grad_g_wasserstein"] < 1.3, m
         assert m["w1_critic"] == pytest.approx(m["w1"], rel=0.3)
-    r = run_cli("report", str(sweep), cwd=tmp_path)
+    r = cli("report", str(sweep), cwd=tmp_path)
     assert r.returncode == 0 and "grad_g_minimax" in r.stdout, r.stdout + r.stderr

@@ -37,13 +37,20 @@ def unsupported(model: str, dataset: str) -> str | None:
 def tiny(*overrides):
     return ["device=cpu", "train.steps=3", "train.batch_size=8", "train.log_every=1", "train.sample_every=2",
             "train.ckpt_every=2", "train.n_samples=16", "train.num_workers=0", "train.progress=none",
-            "model.width=8", *overrides]
+            "model.width=8", "model.g_hidden=[32,32]", "model.d_hidden=[32,32]", "eval.n=400", "health.diversity_n=16",
+            *overrides]
+
+
+# each family's own size knobs, small (model.width is every family's common one, in tiny()); pggan's batches fit
+# the tiny sets (24 images and more)
+SMALLER = {"pggan": ["model.batch_sizes=[8]"], "lapgan": ["model.widths=[8,8,32]"], "cyclegan": ["model.blocks=1"],
+           "optimal_d": ["model.eval_points=4096", "model.d_hidden=[32,32]"]}
 
 
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_every_model_on_every_dataset(model, dataset, data_root, tmp_path):
-    extra = ["model.batch_sizes=[8]"] if model == "pggan" else []  # the tiny sets hold 24 images and more
+    extra = SMALLER.get(model, [])
     cfg = compose(f"model={model}", f"dataset={dataset}", *tiny(*dataset_overrides(dataset, data_root), *extra))
     if unsupported(model, dataset):
         with pytest.raises(GanlabError, match=unsupported(model, dataset)):
@@ -179,6 +186,7 @@ def test_lr_decay_reaches_the_optimizers_and_tensorboard(tmp_path):
     assert state["opt_d"]["param_groups"][0]["lr"] == 0.0
 
 
+@pytest.mark.slow
 def test_the_stacked_mnist_recipe_trains_and_is_scored(data_root, tmp_path):
     """experiment=stacked_mnist as a whole (packs of 2, hinge + R1 on the real packs, the self-ensemble), shrunk:
     it trains, and the end-of-run evaluation counts the 1,000 modes with the per-channel classifier on the

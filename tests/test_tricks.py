@@ -478,6 +478,7 @@ def test_a_jacobian_truncated_run_scores_and_loads_its_truncated_sampler(tmp_pat
 
     cfg = compose("experiment=grid25", "device=cpu", "train.steps=30", "train.batch_size=64", "train.progress=none",
                   "eval.n=300", "tricks.jacobian_truncation=0.2")  # the recipe's small G (z_dim 8)
+    out, tmp_path = tmp_path, tmp_path / "run"  # what the commands write goes beside the run, not into it
     train(cfg, tmp_path)
     record = json.loads((tmp_path / "metrics.json").read_text())
     assert record["protocol"]["generated_by"].startswith("raw weights, Jacobian-truncated: latents in the prior's "
@@ -491,19 +492,19 @@ def test_a_jacobian_truncated_run_scores_and_loads_its_truncated_sampler(tmp_pat
 
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "ganlab", *args], capture_output=True, text=True, timeout=300,
-                              stdin=subprocess.DEVNULL, cwd=tmp_path)
+                              stdin=subprocess.DEVNULL, cwd=out)
 
-    done = cli("eval", f"target={tmp_path}", "n=300", "jacobian_truncation=0.3", f"out={tmp_path / 'e.json'}")
+    done = cli("eval", f"target={tmp_path}", "n=300", "jacobian_truncation=0.3", f"out={out / 'e.json'}")
     assert done.returncode == 0, done.stderr
-    made_by = json.loads((tmp_path / "e.json").read_text())["protocol"]["generated_by"]
+    made_by = json.loads((out / "e.json").read_text())["protocol"]["generated_by"]
     assert "Jacobian-truncated: latents in the prior's top 30%" in made_by
-    done = cli("sample", f"run={tmp_path}", "n=50", "jacobian_truncation=0", f"out={tmp_path / 's.npz'}")
+    done = cli("sample", f"run={tmp_path}", "n=50", "jacobian_truncation=0", f"out={out / 's.npz'}")
     assert done.returncode == 0, done.stderr
     plain = load_generator(with_truncation(state, 0))
     from ganlab.models import generate
 
     expected, _ = generate(plain, 50, generator=torch.Generator().manual_seed(0))
-    np.testing.assert_allclose(np.load(tmp_path / "s.npz")["arr_0"], expected.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(np.load(out / "s.npz")["arr_0"], expected.numpy(), rtol=1e-6)
 
 
 @pytest.mark.parametrize("overrides,expected", [

@@ -9,7 +9,6 @@ Pixels reach the models in [-1, 1] (see ganlab.data.batches.to_unit_range).
 from __future__ import annotations
 
 import math
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 
 from ganlab.data.idx import read_idx
 from ganlab.errors import GanlabError
+from ganlab.safeload import load_pickle, numpy_arrays
 
 _IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -227,12 +227,12 @@ class CifarSource(_ImageSource):
             )
         xs, ys = [], []
         for f in files:
+            fix = f"Replace it with the file of cifar-10-python.tar.gz (unpacked into {self.root})."
+            batch = load_pickle(f, numpy_arrays(), "a CIFAR-10 batch", fix, encoding="bytes")  # runs no code
             try:
-                with open(f, "rb") as fh:
-                    batch = pickle.load(fh, encoding="bytes")
                 data, labels = batch[b"data"], batch[b"labels"]
             except Exception as exc:
-                raise GanlabError(f"{f} is not a CIFAR-10 batch ({type(exc).__name__}); replace it.") from None
+                raise GanlabError(f"{f} is not a CIFAR-10 batch ({type(exc).__name__}). {fix}") from None
             xs.append(np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32))
             ys.append(np.asarray(labels, dtype=np.int64))
         x = torch.from_numpy(np.concatenate(xs))
@@ -468,9 +468,20 @@ def generated(name, objective, n=256, resolution=32, channels=1, num_classes=10,
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 16:
         raise GanlabError(f"dataset.n={n!r} is not valid for dataset=generated: use an integer >= 16 (e.g. 256).")
-    kinds = objective_class(str(objective)).data_kinds
+    try:  # a checkpoint's config is data: an objective outside ganlab is imported only when trusted
+        kinds = objective_class(str(objective), from_file=True).data_kinds
+    except GanlabError:
+        kinds = ("image",)  # a user's own objective not imported yet: the image set (its training imports it)
     if "image" in kinds:
         return GeneratedImages(name, n, resolution, channels, num_classes, seed)
     if "unpaired" in kinds:
         return GeneratedUnpaired(name, n, resolution, channels, seed)
     return MixtureSource(name, "line", 2, 1.0, 0.3)  # as dataset=mix1d
+
+
+def validate_dataset(d) -> None:
+    """dataset.* read before any data: a positive resolution (each source checks the rest as it opens)."""
+    from ganlab.checks import positive
+
+    if "resolution" in d and d.resolution is not None:
+        positive(d.resolution, "dataset.resolution")

@@ -49,3 +49,26 @@ FEATURES = ("auto", "inception", "inception_fid", "classifier", "pixels")
 
 __all__ = ["FEATURES", "METRICS", "Metric", "check_not_labelled", "class_histogram", "fd", "frechet_distance",
            "gaussian_stats", "inception_score", "kid", "mixture_metrics", "prdc"]
+
+
+def validate_eval(ev) -> None:
+    """eval.*: the cadence, the sample count, the monitor's direction, the metrics and the feature space."""
+    from ganlab.checks import one_of, positive
+
+    if ev.every is not None:
+        positive(ev.every, "eval.every")
+    positive(ev.n, "eval.n")
+    if ev.n < 10:
+        raise GanlabError(f"eval.n={ev.n} is too small to score: use at least 10 (thousands for real numbers).")
+    one_of(ev.mode, "eval.mode", ("min", "max"), "min or max")
+    if isinstance(ev.metrics, str):
+        if ev.metrics != "auto":
+            raise GanlabError(f"eval.metrics={ev.metrics!r} is not valid: use auto or a list such as "
+                              f"[{', '.join(METRICS)}].")
+    else:
+        unknown = [m for m in ev.metrics if m not in METRICS]
+        if unknown:
+            raise GanlabError(f"eval.metrics: {', '.join(map(str, unknown))} unknown; choose from "
+                              f"{', '.join(METRICS)} (or auto).")
+        check_not_labelled(list(ev.metrics))
+    one_of(ev.features, "eval.features", tuple(FEATURES))

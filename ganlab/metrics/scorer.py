@@ -9,27 +9,19 @@ silently compared.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 
 from ganlab.data.sources import build_source
 from ganlab.errors import GanlabError
+from ganlab.safeload import file_sha256, load_torch, vetted_copy
 from ganlab.metrics import FEATURES, METRICS, check_not_labelled, inception_score, mixture_metrics
 
 TORCHVISION_INCEPTION = "inception_v3_google-0cc3c7bd.pth"
 # the TF FID Inception (2015-12-05) as torch-fidelity ships it: what published FID/IS/KID numbers are made with
 FID_INCEPTION = "weights-inception-2015-12-05-6726825d.pth"
 FID_INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{FID_INCEPTION}"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _local_weights(weights: str | None, file_name: str) -> tuple[Path | None, list[Path]]:
@@ -52,8 +44,10 @@ def inception_features(weights: str | None, device: torch.device):
             "inception_weights=PATH; or score with features=classifier (labelled datasets) or features=pixels."
         )
     net = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False)
+    fix = "Give the right file with inception_weights=PATH."
+    state = load_torch(path, "torchvision inception_v3 weights", fix)  # runs no code from the file
     try:
-        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        net.load_state_dict(state)
     except Exception as exc:
         raise GanlabError(f"{path} is not torchvision inception_v3 weights ({type(exc).__name__}); "
                           "give the right file with inception_weights=PATH.") from None
@@ -79,7 +73,7 @@ def inception_features(weights: str | None, device: torch.device):
 
     return extract, {"features": "torchvision inception_v3 (IMAGENET1K_V1) pool3, 2048-d; NOT the TF-FID "
                      "Inception: not comparable with published FIDs or ISs", "weights": str(path),
-                     "weights_sha256": _sha256(path), "resize": "bilinear antialiased to 299x299",
+                     "weights_sha256": file_sha256(path), "resize": "bilinear antialiased to 299x299",
                      "grayscale_to_rgb": "channel repeated 3x", "normalisation": "ImageNet mean/std"}
 
 
@@ -100,13 +94,18 @@ def fid_inception_features(weights: str | None, device: torch.device):
             + f"). Download {FID_INCEPTION_URL} on a connected machine and copy it to "
             f"{candidates[-1]} (torch-fidelity's cache), or pass inception_weights=PATH (eval.inception_weights=PATH "
             "in training); or score with features=classifier (labelled datasets) or features=pixels.")
+    # torch-fidelity unpickles its weights file naively: it gets a copy ganlab wrote from a weights-only read
+    fix = f"Give {FID_INCEPTION} with inception_weights=PATH."
+    vetted = vetted_copy(path, "the FID Inception's weights", fix)
     try:
         net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
-                                          feature_extractor_weights_path=str(path)).to(device)
+                                          feature_extractor_weights_path=str(Path(vetted.name) / path.name)).to(device)
     except Exception as exc:
         raise GanlabError(f"{path} is not the FID Inception's weights in torch-fidelity's format ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0][:160] if str(exc) else ''}); give {FID_INCEPTION} with "
                           "inception_weights=PATH.") from None
+    finally:
+        vetted.cleanup()
 
     @torch.no_grad()
     def extract(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,7 +121,7 @@ def fid_inception_features(weights: str | None, device: torch.device):
 
     return extract, {"features": "TF FID Inception (2015-12-05) pool3, 2048-d, through torch-fidelity "
                      f"{torch_fidelity.__version__} (inception-v3-compat): comparable with published FIDs, ISs, KIDs",
-                     "weights": str(path), "weights_sha256": _sha256(path),
+                     "weights": str(path), "weights_sha256": file_sha256(path),
                      "resize": "TensorFlow-1.x-compatible bilinear to 299x299 from uint8",
                      "grayscale_to_rgb": "channel repeated 3x", "normalisation": "(x - 128) / 128 in the graph"}
 

@@ -93,13 +93,23 @@ def sample_z(n: int, z_dim: int, generator: torch.Generator | None = None, devic
 
 @torch.no_grad()
 def generate(g: Generator, n: int | None = None, labels=None, generator: torch.Generator | None = None,
-             device=None, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Samples from G in eval mode: n of them, or one per entry of `labels` for conditional models.
+             device=None, batch_size: int = 512, z: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Samples from G in eval mode: n of them, or one per entry of `labels` for conditional models, or one
+    per row of the given latents `z` (N x z_dim), in their order.
 
     Returns (samples, labels). Unconditional models take no labels; conditional ones draw uniform
     labels when none are given.
     """
     device = device or next(g.parameters()).device
+    if z is not None:
+        if z.dim() != 2 or z.shape[1] != g.z_dim:
+            raise GanlabError(f"the latents are {tuple(z.shape)}; this generator takes N x {g.z_dim}.")
+        if labels is not None and len(torch.as_tensor(labels).view(-1)) not in (1, len(z)):
+            raise GanlabError(f"{len(torch.as_tensor(labels).view(-1))} labels for {len(z)} latents: give one label "
+                              "for all or one per latent.")
+        if labels is not None and len(torch.as_tensor(labels).view(-1)) == 1:
+            labels = torch.as_tensor(labels).view(-1).repeat(len(z))
+        n = len(z)
     if labels is not None:
         if not g.conditional:
             raise GanlabError("labels were given but this model is not conditional (model.conditional=false).")
@@ -116,9 +126,42 @@ def generate(g: Generator, n: int | None = None, labels=None, generator: torch.G
     try:
         out = []
         for start in range(0, n, batch_size):
-            z = sample_z(min(batch_size, n - start), g.z_dim, generator=generator).to(device)
+            zs = (sample_z(min(batch_size, n - start), g.z_dim, generator=generator) if z is None
+                  else z[start:start + batch_size].float()).to(device)
             y = None if labels is None else labels[start:start + batch_size]
-            out.append(g(z, y))
+            out.append(g(zs, y))
     finally:
         g.train(was_training)
     return torch.cat(out), labels
+
+
+def validate_model(m, batch_size: int) -> None:
+    """model.* that every family reads (a family's own keys are checked where it builds its nets)."""
+    from ganlab.checks import adversarial_only, boolean, one_of, positive
+
+    positive(m.z_dim, "model.z_dim")
+    positive(m.width, "model.width")
+    if m.get("d_width") is not None:
+        positive(m.d_width, "model.d_width")
+    one_of(m.backbone, "model.backbone", ("mlp", "dcgan", "resnet", "auto"), "mlp, dcgan, resnet or auto")
+    for key, allowed in (("g_norm", ("batch", "none")), ("d_norm", ("batch", "layer", "none")),
+                         ("g_act", ("relu", "leaky_relu")), ("cond_d", ("concat", "projection"))):
+        one_of(m[key], f"model.{key}", allowed, f"one of {', '.join(allowed)}")
+    if m.init_std is not None:
+        positive(m.init_std, "model.init_std", integer=False)
+    positive(m.minibatch_stddev, "model.minibatch_stddev", allow_zero=True)
+    positive(m.pack, "model.pack")
+    if m.pack > 1:
+        adversarial_only(m, f"model.pack={m.pack}", "model.pack=1")
+        if m.conditional:
+            raise GanlabError(f"model.pack={m.pack} packs unlabelled samples: a conditional D judges one sample and "
+                              "its label. Set model.conditional=false or model.pack=1.")
+        if batch_size % m.pack:
+            raise GanlabError(f"model.pack={m.pack} needs train.batch_size divisible by it (got {batch_size}); "
+                              f"e.g. train.batch_size={max(m.pack, batch_size // m.pack * m.pack)}.")
+    positive(m.embed_dim, "model.embed_dim")
+    for key in ("spectral_norm", "conditional"):
+        boolean(m[key], f"model.{key}")
+    for key in ("g_hidden", "d_hidden"):
+        for width in m[key]:
+            positive(width, f"model.{key} entries")

@@ -62,8 +62,10 @@ class Runtime(Protocol):
 class Phase:
     """One kind of update: `loss(step, runtime) -> (loss, {tag: 0-d tensor})`, minimised by
     `optimizer` over the nets in `trains` (all other nets frozen), `repeats` times in a row on steps
-    where `step % every == 0`. `after` runs after each optimizer step (e.g. WGAN's weight clipping).
-    A lazily run phase scales its own loss by `every` (StyleGAN2's lazy regularization)."""
+    where `step % every == 0` (or, when given, where `due(step)` is true: a schedule counted in other units,
+    as StyleGAN's R1 every 16 D steps with n_critic D steps a loop step). `after` runs after each optimizer
+    step (e.g. WGAN's weight clipping). A lazily run phase scales its own loss by its interval (StyleGAN2's
+    lazy regularization)."""
 
     name: str
     optimizer: str
@@ -76,6 +78,10 @@ class Phase:
     # double backward leaves some parameters without a gradient, which DDP's reducer cannot finish on); under
     # torchrun the loop all-reduces this phase's gradients itself, as StyleGAN2-ADA does for every phase
     through_ddp: bool = True
+    due: Callable[[int], bool] | None = None
+
+    def runs_at(self, step: int) -> bool:
+        return self.due(step) if self.due is not None else step % self.every == 0
 
 
 class Objective:
@@ -118,6 +124,13 @@ class Objective:
         find_unused)`; its forward serves `fwd` within the phases that train it."""
         trained = {name for phase in self.phases for name in phase.trains}
         self._ddp = {name: wrap(net, self.ddp_find_unused) for name, net in self.nets.items() if name in trained}
+        self._phase_cache.clear()
+
+    def undistribute(self) -> None:
+        """The loop, when the run ends: drop the DDP wrappers. Each holds the process group through its reducer;
+        left to the garbage collector (the objective's phases make reference cycles), one can outlive
+        destroy_process_group into interpreter shutdown, where gloo's threads abort the process (SIGABRT)."""
+        self._ddp, self._phase_fwd = None, None
         self._phase_cache.clear()
 
     def enter_phase(self, trains: tuple[str, ...]) -> None:
@@ -210,16 +223,19 @@ class Objective:
         raise NotImplementedError
 
 
-def check_karras_family(cfg, source, stabilizers: str) -> None:
-    """The Karras families (pggan, stylegan) train unconditionally on images with their own stabilizers
-    and one D step per G step: one clear error, before any data is read, for 2D points, conditioning or
-    the canon's label tricks; a warning for another n_critic."""
+def check_karras_family(cfg, source, stabilizers: str, conditional_ok: bool = False) -> None:
+    """The Karras families (pggan, stylegan) train on images with their own stabilizers and one D step per G
+    step: one clear error, before any data is read, for 2D points, conditioning (unless `conditional_ok`:
+    StyleGAN2's class-conditional networks) or the canon's label tricks; a warning for another n_critic."""
     m = cfg.model
     if source.kind != "image":
         raise GanlabError(f"model={m.name} needs images (its G builds them from 4x4 up); use mnist, fashion_mnist, "
                           "cifar10, stacked_mnist or image_folder.")
-    if m.get("conditional"):
+    if m.get("conditional") and not conditional_ok:
         raise GanlabError(f"model={m.name} is unconditional; use model.conditional=false (or model=cgan).")
+    if m.get("conditional") and not getattr(source, "num_classes", None):
+        raise GanlabError(f"model={m.name} model.conditional=true needs a labelled dataset ({source.name} has no "
+                          "classes).")
     if uses_label_tricks(cfg.tricks) or float(cfg.tricks.instance_noise) > 0:
         raise GanlabError(f"model={m.name} does not use the label tricks or instance noise; drop those tricks.* "
                           f"overrides (its own stabilizers are {stabilizers}).")

@@ -1,23 +1,26 @@
-"""StyleGAN's objective (Karras et al. 2019, 2020): the non-saturating logistic loss, R1 as a lazy
-regularization phase, optional path-length regularization, style mixing, EMA of G.
+"""StyleGAN2's objective (Karras et al. 2020; the official stylegan2-ada-pytorch StyleGAN2Loss and training loop):
+the non-saturating logistic loss, lazy R1 and lazy path-length regularization, style mixing, EMA of G.
 
-Phases, as StyleGAN2's training loop runs them:
-- "D": the loss on a real batch and a separate fake batch (n_critic 1 in the paper);
+Phases, as the official training loop runs them:
+- "D": softplus(D(G(z))) + softplus(-D(x)) on a real batch and a separate fake batch (n_critic 1 in the paper);
 - "D_reg": R1 on a fresh real batch, gamma / 2 * E||grad D(x)||^2 (penalty=r1, penalty.weight = gamma / 2),
-  every model.r1_every steps, its loss multiplied by the interval (lazy regularization, sec. 3.1 of
-  StyleGAN2); with model.r1_every <= 1 R1 is part of "D" at every step instead;
-- "G": the non-saturating loss through the frozen D;
-- "G_reg": path-length regularization (model.pl_weight > 0; StyleGAN2 sec. 3.2) every model.pl_every
-  steps on a batch of train.batch_size / model.pl_batch_shrink, again scaled by the interval. Its
-  running mean length (decay model.pl_decay) is a device tensor in the objective's state, so a
-  resume continues it exactly.
-Lazily regularized optimizers get Adam's lr and betas adjusted as StyleGAN2 does: with c = k / (k + 1)
-for an interval k, lr * c and betas ** c (the regularized optimizer takes k + 1 steps per k main ones).
+  every model.r1_every **D steps** (16; counted as train.n_critic D steps a loop step, a pure function of the
+  step, so a resume continues the count), its loss multiplied by that interval (lazy regularization, sec. 3.1);
+  model.r1_every <= 1: R1 in every D step instead;
+- "G": softplus(-D(G(z))) through the frozen D;
+- "G_reg": path-length regularization (model.pl_weight, the paper's 2; sec. 3.2) every model.pl_every G steps
+  (4) on a batch of train.batch_size / model.pl_batch_shrink (2), scaled by the interval:
+  a = lerp(a, mean |J_w^T y|, pl_decay) with y ~ N(0, I) / sqrt(pixels), penalty (|J_w^T y| - a)^2 with the
+  gradient through the new a, as the official code has it. The running mean a is a device tensor in the
+  objective's state, so a resume continues it exactly.
+Lazily regularized optimizers get Adam's lr and betas adjusted as StyleGAN2 does: with c = k / (k + 1) for an
+interval k, lr * c and betas ** c.
 
-Style mixing (model.mixing_prob, 0.9): every fake batch takes a second latent, and the layers from a
-crossover drawn per batch (uniform in 1 .. num_ws - 1; num_ws, i.e. no mixing, with probability
-1 - p) read its w. The crossover is a device tensor used through torch.where: no host read.
-The average w (truncation) is tracked on the fake batches of "D" (beta 0.995), as a buffer of G.
+Style mixing (model.mixing_prob, 0.9): every fake batch takes a second latent whose mapping moves no average,
+and the layers from a crossover drawn per batch (uniform in 1 .. num_ws - 1; num_ws, i.e. no mixing, with
+probability 1 - p) read its w; the crossover is a device tensor used through torch.where: no host read. The
+average w (truncation) moves with every G forward of training (beta 0.995), as a buffer of G.
+Conditional (model.conditional=true): G's mapping embeds the class, D projects on D's own class mapping.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ganlab import distributed
@@ -33,10 +37,9 @@ from ganlab.errors import GanlabError
 from ganlab.losses import d_score_logs, get_loss, get_penalty
 from ganlab.models import generate, sample_z
 from ganlab.models import progressive as pro
-from ganlab.models.base import pad_border
 from ganlab.models import stylegan as sg
-from ganlab.objectives.base import Objective, Phase, Runtime, check_karras_family
-from ganlab.objectives.progressive import karras_generator
+from ganlab.models.base import pad_border
+from ganlab.objectives.base import Objective, Phase, Runtime, check_karras_family, generator_weights
 from ganlab.optim import make_optimizers
 from ganlab.tricks import make_emas
 from ganlab.viz import image_grid
@@ -59,16 +62,36 @@ def lazy_adam(optimizer: torch.optim.Optimizer, every: int) -> None:
             group["betas"] = tuple(b ** c for b in group["betas"])
 
 
+def d_steps_cross(step: int, n_critic: int, every: int) -> bool:
+    """Whether loop step `step` (1-based) completes a multiple of `every` D steps, at n_critic D steps a step."""
+    return (step * n_critic) // every > ((step - 1) * n_critic) // every
+
+
+def path_length_penalty(g: sg.StyleGenerator, z: Tensor, c: Tensor | None, pl_mean: Tensor, decay: float,
+                        mixing: dict) -> tuple[Tensor, Tensor]:
+    """(per-sample penalty (|J_w^T y| - a)^2, the new running mean a): the official StyleGAN2Loss's Greg, with
+    the gradient flowing through a's dependence on this batch's lengths."""
+    ws = g.ws(z, c, update_w_avg=True, **mixing)
+    img = g.synthesis(ws)
+    y = distributed.randn_like_rows(img) / math.sqrt(img.shape[2] * img.shape[3])
+    (grad,) = torch.autograd.grad((img * y).sum(), ws, create_graph=True)
+    lengths = grad.square().sum(dim=2).mean(dim=1).sqrt()
+    mean = pl_mean.lerp(lengths.mean(), decay)
+    return (lengths - mean).square(), mean
+
+
 class StyleGAN(Objective):
     def __init__(self, cfg, source, device: torch.device):
         super().__init__()
         m, t, tricks = cfg.model, cfg.train, cfg.tricks
-        check_karras_family(cfg, source, "the R1 penalty, style mixing and the minibatch stddev")
+        check_karras_family(cfg, source, "the R1 penalty, path length, style mixing and the minibatch stddev",
+                            conditional_ok=True)
         if cfg.penalty.name not in ("r1", "none"):
             raise GanlabError(f"model={m.name} regularizes D with R1: use penalty=r1 (penalty.weight = gamma / 2) or "
                               f"penalty=none, not penalty={cfg.penalty.name}.")
         self.resolution, self.pad = pro.geometry(m, tuple(source.shape))
-        g, d = sg.build(m, tuple(source.shape), self.resolution)
+        self.c_dim = int(source.num_classes) if m.get("conditional") else 0
+        g, d = sg.build(m, tuple(source.shape), self.resolution, self.c_dim)
         g, d = g.to(device), d.to(device)
         self.loss_fn, self.d_kw, self.g_kw = get_loss(cfg.loss)
         self.penalty, self.penalty_name = get_penalty(cfg.penalty), cfg.penalty.name
@@ -90,93 +113,106 @@ class StyleGAN(Objective):
         self.device, self.z_dim, self.n_critic, self.batch = device, int(m.z_dim), int(t.n_critic), local_batch(int(t.batch_size))
         self.pl_batch = max(1, self.batch // max(1, int(m.pl_batch_shrink)))
         self.pl_mean = torch.zeros((), device=device)
-        phases = [Phase("D", "d", ("discriminator",), self.d_loss, repeats=self.n_critic)]
-        if self.lazy_r1:
-            phases.append(Phase("D_reg", "d", ("discriminator",), self.d_reg, every=self.r1_every,
-                                through_ddp=False))
-        phases.append(Phase("G", "g", ("generator",), self.g_loss))
-        if self.pl_weight > 0:
-            phases.append(Phase("G_reg", "g", ("generator",), self.g_reg, every=self.pl_every,
-                                through_ddp=False))
-        self.phases = tuple(phases)
+        self.phases = self._phases()
         self.images_per_step = self.batch * (2 * self.n_critic + 1)
         self.fixed_z = sample_z(int(t.n_samples), self.z_dim, torch.Generator().manual_seed(cfg.seed + 1)).to(device)
+        self.fixed_c = self._onehot(torch.arange(int(t.n_samples), device=device) % max(self.c_dim, 1))
         self.seed = int(cfg.seed)
 
+    def _phases(self) -> tuple[Phase, ...]:
+        phases = [Phase("D", "d", ("discriminator",), self.d_loss, repeats=self.n_critic)]
+        if self.lazy_r1:
+            every, nc = self.r1_every, self.n_critic
+            phases.append(Phase("D_reg", "d", ("discriminator",), self.d_reg, every=every, through_ddp=False,
+                                due=lambda step: d_steps_cross(step, nc, every)))
+        phases.append(Phase("G", "g", ("generator",), self.g_loss))
+        if self.pl_weight > 0:
+            phases.append(Phase("G_reg", "g", ("generator",), self.g_reg, every=self.pl_every, through_ddp=False))
+        return tuple(phases)
+
     # ------------------------------------------------------------------------------ the phases
+    def _onehot(self, y: Tensor | None) -> Tensor | None:
+        return None if not self.c_dim or y is None else F.one_hot(y.long(), self.c_dim).float()
+
+    def _labels(self, n: int) -> Tensor | None:
+        """Classes for a fake batch: drawn uniformly (the official code draws them from the data's labels)."""
+        if not self.c_dim:
+            return None
+        return self._onehot(distributed.randint_rows(self.c_dim, n, device=self.device))
+
     def _mixing(self, z: Tensor) -> dict:
         """G's style-mixing arguments for a batch: a second latent and the crossover, on the device."""
         if self.mixing_prob <= 0:
             return {}
-        n_ws = self.nets["generator"].n_ws
+        n_ws = self.nets["generator"].num_ws
         cutoff = torch.randint(1, n_ws, (), device=self.device)
         cutoff = torch.where(torch.rand((), device=self.device) < self.mixing_prob, cutoff, torch.full_like(cutoff, n_ws))
         return {"mix_z": distributed.randn_like_rows(z), "mix_cutoff": cutoff}
 
-    def reals(self, x: Tensor) -> Tensor:
-        return pad_border(x, self.pad)
+    def reals(self, batch: tuple) -> tuple[Tensor, Tensor | None]:
+        x, y = batch[0], batch[1] if len(batch) > 1 else None
+        return pad_border(x, self.pad), self._onehot(y)
 
-    def _r1(self, real: Tensor, rt: Runtime) -> Tensor:
+    def _r1(self, real: Tensor, c: Tensor | None, rt: Runtime) -> Tensor:
         fn, _, kw = self.penalty
         raw_d = self.nets["discriminator"]  # the double backward stays eager
         with rt.autocast():
-            return fn(lambda x: raw_d(x), real, None, scale=rt.loss_scale("d"), **kw)
+            return fn(lambda x: raw_d(x, c), real, None, scale=rt.loss_scale("d"), **kw)
 
     def d_loss(self, step: int, rt: Runtime):
         g, d, loss = self.fwd["generator"], self.fwd["discriminator"], self.loss_fn
-        real = self.reals(rt.next_batch()[0])
+        real, c_real = self.reals(rt.next_batch())
         z = sample_z(self.batch, self.z_dim, device=self.device)
+        c = self._labels(self.batch)
         with rt.autocast():
             with torch.no_grad():
-                fake = g(z, **self._mixing(z), update_w_avg=True).to(real.dtype)
-            d_real, d_fake = d(real).float(), d(fake).float()
+                fake = g(z, c, **self._mixing(z), update_w_avg=True).to(real.dtype)
+            d_real, d_fake = d(real, c_real).float(), d(fake, c).float()
         loss_d = loss.d(d_real, d_fake, **self.d_kw)
         logs = {}
         if self.penalty is not None and not self.lazy_r1:  # R1 at every step, in the main phase
-            pen = self._r1(real, rt)
+            pen = self._r1(real, c_real, rt)
             loss_d = loss_d + self.penalty[1] * pen
             logs[f"Loss/{self.penalty_name}"] = pen
         return loss_d, {"Loss/D": loss_d, **logs, **d_score_logs(loss, d_real, d_fake)}
 
     def d_reg(self, step: int, rt: Runtime):
-        """Lazy R1: gamma / 2 * E||grad D(x)||^2 on a real batch, times the interval."""
-        pen = self._r1(self.reals(rt.next_batch()[0]), rt)
+        """Lazy R1: gamma / 2 * E||grad D(x)||^2 on a real batch, times the interval (in D steps)."""
+        real, c = self.reals(rt.next_batch())
+        pen = self._r1(real, c, rt)
         return self.penalty[1] * pen * self.r1_every, {f"Loss/{self.penalty_name}": pen}
 
     def g_loss(self, step: int, rt: Runtime):
         z = sample_z(self.batch, self.z_dim, device=self.device)
+        c = self._labels(self.batch)
         with rt.autocast():
-            fake = self.fwd["generator"](z, **self._mixing(z))
-            score = self.fwd["discriminator"](fake.float()).float()
+            fake = self.fwd["generator"](z, c, **self._mixing(z), update_w_avg=True)
+            score = self.fwd["discriminator"](fake.float(), c).float()
         loss_g = self.loss_fn.g(score, **self.g_kw)
         return loss_g, {"Loss/G": loss_g}
 
     def g_reg(self, step: int, rt: Runtime):
-        """Path-length regularization (StyleGAN2 eq. 4): E(|J_w^T y| - a)^2, y ~ N(0, I) / sqrt(pixels),
-        a the running mean of the lengths (decay model.pl_decay). In float32, eager (a double backward)."""
-        g = self.nets["generator"]
+        """Path-length regularization (StyleGAN2 eq. 4), in float32 and eager (a double backward)."""
         z = sample_z(self.pl_batch, self.z_dim, device=self.device)
-        ws = g.ws(z, **self._mixing(z))
-        img = g.synthesis(ws)
-        y = distributed.randn_like_rows(img) / math.sqrt(img.shape[2] * img.shape[3])
-        (grad,) = torch.autograd.grad((img * y).sum(), ws, create_graph=True)
-        lengths = grad.square().sum(dim=2).mean(dim=1).sqrt()
+        penalty, mean = path_length_penalty(self.nets["generator"], z, self._labels(self.pl_batch), self.pl_mean,
+                                            self.pl_decay, self._mixing(z))
         with torch.no_grad():
-            self.pl_mean.copy_(self.pl_mean.lerp(lengths.mean(), self.pl_decay))
-        pen = (lengths - self.pl_mean).square().mean()
+            self.pl_mean.copy_(mean.detach())
+        pen = penalty.mean()
         return pen * self.pl_weight * (self.pl_every if self.lazy_pl else 1), {"Loss/path_length": pen,
                                                                                 "Loss/path_length_mean": self.pl_mean.clone()}
 
     # ---------------------------------------------------------------------- reporting, sampling
     def describe(self) -> str:
         g, d = self.nets["generator"], self.nets["discriminator"]
-        reg = (f" + {self.penalty_name}{f' (lazy, every {self.r1_every} steps)' if self.lazy_r1 else ''}"
+        reg = (f" + {self.penalty_name}{f' (lazy, every {self.r1_every} D steps)' if self.lazy_r1 else ''}"
                if self.penalty else "")
-        pl = (f" + path length {self.pl_weight:g}{f' (every {self.pl_every})' if self.lazy_pl else ''}"
+        pl = (f" + path length {self.pl_weight:g}{f' (every {self.pl_every} G steps)' if self.lazy_pl else ''}"
               if self.pl_weight else "")
-        return (f"{'StyleGAN2 (demodulation)' if g.synthesis.layers[0].style == 'demod' else 'StyleGAN (AdaIN)'} "
-                f"{self.resolution} px, {g.n_ws} ws, mixing {self.mixing_prob:g} | loss {self.loss_fn.name}{reg}{pl} | "
-                f"G {sum(p.numel() for p in g.parameters()):,} params, D {sum(p.numel() for p in d.parameters()):,} params")
+        cond = f", {self.c_dim} classes" if self.c_dim else ""
+        return (f"StyleGAN2 {self.resolution} px, {g.num_ws} ws, mixing {self.mixing_prob:g}{cond} | loss "
+                f"{self.loss_fn.name}{reg}{pl} | G {sum(p.numel() for p in g.parameters()):,} params, "
+                f"D {sum(p.numel() for p in d.parameters()):,} params")
 
     def _g(self) -> sg.StyleGenerator:
         return self.ema["generator"].module if self.ema else self.nets["generator"]
@@ -191,14 +227,16 @@ class StyleGAN(Objective):
         - Samples/noise_resampling: per row one w, its image under 7 noise draws, then the per-pixel std;
         - Samples/truncation: per row one latent, psi from 1 (left) to 0 (right): every row ends at the
           average w's image."""
-        g, crop = self._g(), (lambda x: pro.crop(x, self.pad))
+        g, crop = self._g(), (lambda x: sg.crop(x, self.pad))
         was_training = g.training
         g.eval()
         with torch.no_grad():
-            out = {"Samples/fixed_z": image_grid(crop(g(self.fixed_z, noise_mode="const")))}
+            out = {"Samples/fixed_z": image_grid(crop(g(self.fixed_z, self.fixed_c, noise_mode="const")))}
             z = sample_z(8, self.z_dim, torch.Generator().manual_seed(self.seed + 5)).to(self.device)
-            a, b = g.mapping(z[:4]), g.mapping(z[4:])
-            cut = g.n_ws // 2
+            c = self.fixed_c[:8] if self.c_dim else None
+            a = g.mapping(z[:4], None if c is None else c[:4])
+            b = g.mapping(z[4:], None if c is None else c[4:])
+            cut = g.num_ws // 2
             cells = [g.synthesis(sg.mix_ws(a[i:i + 1].expand(4, -1, -1), b, cut), "const") for i in range(4)]
             top = torch.cat([torch.full_like(cells[0][:1], -1.0), g.synthesis(b, "const")])
             rows = [torch.cat([g.synthesis(a[i:i + 1], "const"), cells[i]]) for i in range(4)]
@@ -210,7 +248,8 @@ class StyleGAN(Objective):
             std = std / std.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-8) * 2 - 1
             out["Samples/noise_resampling"] = image_grid(crop(torch.cat([draws, std[:, None]], 1).flatten(0, 1)), nrow=8)
             psis = torch.linspace(1.0, 0.0, 8).tolist()
-            strip = torch.stack([g.synthesis(g.mapping(z[:4], psi=psi), "const") for psi in psis], dim=1)
+            c4 = None if c is None else c[:4]
+            strip = torch.stack([g.synthesis(g.mapping(z[:4], c4, psi=psi), "const") for psi in psis], dim=1)
             out["Samples/truncation"] = image_grid(crop(strip.flatten(0, 1)), nrow=8)
         g.train(was_training)
         return out
@@ -227,5 +266,20 @@ class StyleGAN(Objective):
 
     @classmethod
     def load_generator(cls, cfg, state: dict, ema: bool, device):
-        g, pad = karras_generator(cfg, state, ema, sg.build)
-        return sg.StyleSampler(g, pad).to(device).eval()
+        from ganlab.data.sources import build_source
+
+        source = build_source(cfg.dataset)  # reads no data
+        resolution, pad = pro.geometry(cfg.model, tuple(source.shape))
+        c_dim = int(source.num_classes) if cfg.model.get("conditional") else 0
+        g, _ = sg.build(cfg.model, tuple(source.shape), resolution, c_dim)
+        g.load_state_dict(generator_weights(state, ema))
+        how = cfg.get("sampling") or {}  # ganlab sample / eval: truncation=, truncation_cutoff=, noise=
+        return sg.StyleSampler(g, pad, float(how.get("truncation", 1.0)), how.get("truncation_cutoff"),
+                               how.get("noise", "random")).to(device).eval()
+
+    @classmethod
+    def describe_checkpoint_sampler(cls, cfg, state: dict, ema: bool) -> str:
+        how = cfg.get("sampling") or {}
+        psi, cutoff = float(how.get("truncation", 1.0)), how.get("truncation_cutoff")
+        trunc = (f", truncation psi {psi:g}" + (f" on the first {cutoff} ws" if cutoff is not None else "")) if psi != 1 else ""
+        return f"{super().describe_checkpoint_sampler(cfg, state, ema)}{trunc}, {how.get('noise', 'random')} noise"
