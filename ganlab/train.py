@@ -102,7 +102,9 @@ class _Run(Checkpoints, Reporting, Evaluation):
             raise ValueError(f"{type(obj).__name__}: names {clash} clash with the checkpoint's own keys {_RESERVED_KEYS}")
         self.batches = build_batches(source, t.batch_size, cfg.seed, device, t.num_workers)
         obj.attach(self.batches)
-        channels_last = (device.type == "cuda") if t.channels_last == "auto" else bool(t.channels_last)
+        # auto: on for conv models on CUDA, unless compiled (inductor picks its own layouts; on an H200 with torch 2.11,
+        # compile + channels_last failed in the conv backward's stride check, compile alone trained)
+        channels_last = (device.type == "cuda" and not t.compile) if t.channels_last == "auto" else bool(t.channels_last)
         channels_last = channels_last and source.kind == "image"
         if channels_last:
             for net in (*obj.nets.values(), *(e.module for e in obj.ema.values())):
