@@ -80,6 +80,7 @@ def cli(*args: str, cwd: Path, timeout: float | None = None, **env) -> subproces
     import contextlib
     import io
     import logging
+    import urllib.request
 
     import torch
     from hydra.core.global_hydra import GlobalHydra
@@ -116,6 +117,7 @@ def cli(*args: str, cwd: Path, timeout: float | None = None, **env) -> subproces
         os.environ.clear()
         os.environ.update(saved_env)
         sys.argv[:] = saved_argv
+        urllib.request.install_opener(None)  # one built during the run froze the run's (dead) proxies
     return subprocess.CompletedProcess(["ganlab", *args], code, out.getvalue(), err.getvalue())
 
 

@@ -23,8 +23,14 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-extensions", "--window-size=1400,1000"]
 
 
+# A direct opener of its own: urlopen's global opener freezes the proxies of whatever environment it was first
+# built in, and an in-process CLI run of an earlier test on this worker (tests' offline_env: a dead proxy) can
+# be that environment, after which every request to 127.0.0.1 went to the dead proxy (CI, 2026-12-04).
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def _get(url: str, timeout: float = 10.0) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as r:  # 127.0.0.1: the dead proxy is bypassed below
+    with _DIRECT.open(url, timeout=timeout) as r:
         return r.read()
 
 
