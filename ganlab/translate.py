@@ -1,4 +1,5 @@
-"""`ganlab translate`: a folder of images through a trained CycleGAN's generator, names and sizes kept."""
+"""`ganlab translate`: a folder of images through a CycleGAN's or pix2pix's generator, names, sizes and aspect
+ratios kept."""
 
 from __future__ import annotations
 
@@ -15,13 +16,35 @@ from ganlab.models import cyclegan as cg
 from ganlab.objectives.base import generator_weights
 from ganlab.writeguard import check_out, check_targets, overwrite_flag
 
+FITS = ("aspect", "square")
+
+
+def fitted(x: torch.Tensor, resolution: int, multiple: int, fit: str) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """(G's input, the padding (left, right, top, bottom) to crop off its output) for one 1 x C x H x W image:
+    `square` squashes it to resolution x resolution; `aspect` scales its shorter side to `resolution`, the
+    aspect ratio kept, and reflect-pads each side to a multiple of `multiple`."""
+    if fit == "square":
+        return resize(x, (resolution, resolution)), (0, 0, 0, 0)
+    h, w = x.shape[-2:]
+    scale = resolution / min(h, w)
+    size = (max(resolution, round(h * scale)), max(resolution, round(w * scale)))
+    y = resize(x, size)
+    ph, pw = (-size[0]) % multiple, (-size[1]) % multiple
+    pad = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
+    return (torch.nn.functional.pad(y, pad, mode="reflect") if any(pad) else y), pad
+
+
+def unpadded(y: torch.Tensor, pad: tuple[int, int, int, int]) -> torch.Tensor:
+    left, right, top, bottom = pad
+    return y[..., top:y.shape[-2] - bottom, left:y.shape[-1] - right]
+
 
 def load_translator(state: dict, direction: str, ema: bool = True, device="cpu") -> torch.nn.Module:
     """G_AB (direction a2b) or G_BA (b2a) of a cyclegan checkpoint, in eval mode; its config rebuilds it."""
     cfg = OmegaConf.create(state["config"])
     if cfg.model.get("objective") != "cyclegan":
-        raise GanlabError(f"ganlab translate needs a model=cyclegan run; this one is model={cfg.model.name} "
-                          "(use ganlab sample for it).")
+        raise GanlabError(f"ganlab translate needs a model=cyclegan run (trained, or imported with ganlab import "
+                          f"cyclegan / pix2pix); this one is model={cfg.model.name} (use ganlab sample for it).")
     if direction not in ("a2b", "b2a"):
         raise GanlabError(f"direction={direction!r} is not valid: use a2b (A's images to B) or b2a.")
     ds = cfg.dataset
@@ -44,16 +67,24 @@ def translate_run(cfg) -> Path:
     g = load_translator(state, str(cfg.direction), bool(cfg.ema), device)
     ds = state["config"]["dataset"]
     resolution, mode = int(ds["resolution"]), ("L" if int(ds["channels"]) == 1 else "RGB")
+    fit = str(cfg.get("fit", "aspect"))
+    if fit not in FITS:
+        raise GanlabError(f"fit={fit!r} is not valid: use aspect (aspect ratio kept) or square (squashed).")
+    multiple = cg.size_multiple(OmegaConf.create(state["config"]).model)
     files = image_paths(src)
     check_targets([output_path(path, src, out) for path in files], overwrite, "translations")
     batch = max(1, int(cfg.batch_size))
     for start in range(0, len(files), batch):
-        chunk = files[start:start + batch]
-        xs = [read_image(path, mode) for path in chunk]
-        with torch.no_grad():
-            y = g(torch.cat([resize(x, (resolution, resolution)) for x in xs]).to(device)).float().cpu()
-        for path, x, img in zip(chunk, xs, y):
-            write_image(output_path(path, src, out), resize(img[None], tuple(x.shape[-2:])), mode)
+        chunk = [(path, read_image(path, mode)) for path in files[start:start + batch]]
+        inputs = [fitted(x, resolution, multiple, fit) for _, x in chunk]
+        for shape in dict.fromkeys(tuple(i.shape) for i, _ in inputs):  # one forward per padded size
+            same = [n for n, (i, _) in enumerate(inputs) if tuple(i.shape) == shape]
+            with torch.no_grad():
+                y = g(torch.cat([inputs[n][0] for n in same]).to(device)).float().cpu()
+            for n, img in zip(same, y):
+                path, x = chunk[n]
+                write_image(output_path(path, src, out), resize(unpadded(img[None], inputs[n][1]),
+                                                                tuple(x.shape[-2:])), mode)
     print(f"{len(files)} images translated {cfg.direction} by {state['config']['model']['name']} step {state['step']} "
           f"-> {out}")
     return out

@@ -70,7 +70,7 @@ def test_networks_have_the_papers_shapes_and_the_unpaired_batches_flip(tmp_path)
         cg.build(cfg.model, (3, 16, 16))
 
     a, b = make_unpaired(tmp_path, n=10, size=16)
-    src = UnpairedSource("unpaired", a, b, resolution=16, channels=1, flip=True)
+    src = UnpairedSource("unpaired", a, b, resolution=16, channels=1, flip=True, load_size=None)
     torch.manual_seed(0)
     batches = UnpairedBatches(src, 10, 0, torch.device("cpu"))
     xa, xb = batches.next()
@@ -82,6 +82,31 @@ def test_networks_have_the_papers_shapes_and_the_unpaired_batches_flip(tmp_path)
     assert all(i or m for i, m in zip(as_is, mirrored)) and any(m and not i for i, m in zip(as_is, mirrored))
     with pytest.raises(GanlabError, match="dataset.root_b=DIR"):
         UnpairedSource("unpaired", a, tmp_path / "nowhere", resolution=16).load()
+
+
+def test_unpaired_batches_are_random_crops_of_the_load_size_images_as_the_authors_jitter(tmp_path):
+    a, b = make_unpaired(tmp_path, n=10, size=24)
+    assert UnpairedSource("unpaired", a, b, resolution=256).load_size == 286  # auto: the authors' 286 / 256
+    src = UnpairedSource("unpaired", a, b, resolution=16, channels=1, flip=True, load_size=20)
+    raw = src.load()["a"].float() / 127.5 - 1
+    assert raw.shape[-2:] == (20, 20)
+    torch.manual_seed(0)
+    batches = UnpairedBatches(src, 10, 0, torch.device("cpu"))
+    seen = set()
+    for _ in range(3):
+        xa, _ = batches.next()
+        assert xa.shape == (10, 1, 16, 16)
+        for img in xa:  # each one a 16 px window of some load-size image, flipped or not
+            found = {(i, top, left, flip) for i in range(len(raw)) for top in range(5) for left in range(5)
+                     for flip in (False, True)
+                     if torch.equal(img, (lambda w: w.flip(-1) if flip else w)(raw[i, :, top:top + 16, left:left + 16]))}
+            assert found, "not a crop of the data"
+            seen |= {(t, l) for _, t, l, _ in found}
+    assert len(seen) > 5  # the offsets vary over the whole 0..4 range
+    assert {t for t, _ in seen} >= {0, 4} or {l for _, l in seen} >= {0, 4}
+    assert batches.preview(4).shape[-2:] == (16, 16)  # the fixed rows: centre crops
+    with pytest.raises(GanlabError, match="dataset.load_size=12 is not valid"):
+        UnpairedSource("unpaired", a, b, resolution=16, load_size=12)
 
 
 def test_cyclegan_and_unpaired_data_refuse_each_others_partners(tmp_path):

@@ -290,7 +290,10 @@ def test_a_one_direction_import_refuses_the_other_and_non_generators_are_refused
     assert r.returncode == 2 and "no b2a generator" in r.stderr
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pth")
     r = cli("import", "cyclegan", str(tmp_path / "other.pth"), f"out={tmp_path / 'run2'}", cwd=tmp_path)
-    assert r.returncode == 2 and "is not a pytorch-CycleGAN-and-pix2pix ResnetGenerator state dict" in r.stderr
+    assert r.returncode == 2 and "is not a pytorch-CycleGAN-and-pix2pix generator state dict" in r.stderr
+    r = cli("import", "pix2pix", str(tmp_path / "other.pth"), f"out={tmp_path / 'run3'}", cwd=tmp_path)
+    assert r.returncode == 2 and "is not a pytorch-CycleGAN-and-pix2pix generator state dict" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "run3").exists()
 
 
 def test_a_crafted_state_dict_is_refused_and_runs_nothing(tmp_path):
@@ -306,3 +309,82 @@ def test_a_crafted_state_dict_is_refused_and_runs_nothing(tmp_path):
     assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
     assert f"{tmp_path / 'evil.pth'} was refused" in out.stderr and "posix.system" in out.stderr
     assert not marker.exists() and not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------- pix2pix's UnetGenerator
+def _official_unet_state(downs: int, channels: int, norm: str, seed: int) -> tuple[dict, torch.nn.Module]:
+    """A UnetGenerator state dict in the official key layout, written by this test from the authors' nesting
+    rules (not from the importer): the outermost block's Sequential is `model.model` = [downconv 0, inner block
+    1, ReLU 2, upconv 3, Tanh 4]; a middle block's is [LeakyReLU 0, downconv 1, downnorm 2, inner block 3, ReLU
+    4, upconv 5, upnorm 6 (, Dropout 7)]; the innermost's [LeakyReLU 0, downconv 1, ReLU 2, upconv 3, upnorm 4].
+    The weights come from ganlab's flat U-Net, level k's down layers and the up layers at downs - 1 - k."""
+    from ganlab.models.unet import UnetGenerator
+
+    torch.manual_seed(seed)
+    net = UnetGenerator(channels, channels, downs, 4, norm, dropout=True)
+    for name, p in net.named_parameters():
+        torch.nn.init.normal_(p, 1.0 if name.endswith("2.weight") else 0.0, 0.05)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1), m.running_var.uniform_(0.5, 1.5), m.num_batches_tracked.fill_(9)
+    ours = net.state_dict()
+    state, prefix = {}, "model.model."
+    for k in range(downs):
+        up = f"up.{downs - 1 - k}."
+        if k == 0:
+            places = {"down.0.0.": "0.", up + "1.": "3."}
+        elif k == downs - 1:
+            places = {f"down.{k}.1.": "1.", up + "1.": "3.", up + "2.": "4."}
+        else:
+            places = {f"down.{k}.1.": "1.", f"down.{k}.2.": "2.", up + "1.": "5.", up + "2.": "6."}
+        for flat, nested in places.items():
+            for key, value in ours.items():
+                if key.startswith(flat):
+                    state[prefix + nested + key[len(flat):]] = value.clone()
+        prefix += "1.model." if k == 0 else "3.model."
+    assert len(state) == len(ours)
+    return state, net.eval()
+
+
+@pytest.mark.parametrize("downs,channels,norm", [(7, 3, "batch"), (8, 1, "instance")])
+def test_an_official_pix2pix_unet_imports_and_translates_in_eval_mode(downs, channels, norm, tmp_path):
+    state, net = _official_unet_state(downs, channels, norm, 0)
+    assert ("model.model.1.model.3.model.2.running_var" in state) == (norm == "batch")
+    torch.save(state, tmp_path / "latest_net_G.pth")
+    run = tmp_path / "run"
+    out = cli("import", "pix2pix", str(tmp_path / "latest_net_G.pth"), f"out={run}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    imported = load_checkpoint(run / "checkpoints" / "last.pt")
+    m = imported["config"]["model"]
+    assert (m["generator"], m["unet_downs"], m["width"], m["norm"]) == ("unet", downs, 4, norm)
+    from ganlab.translate import load_translator
+
+    g = load_translator(imported, "a2b")
+    x = torch.rand(2, channels, 2 ** downs, 2 ** downs) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(g(x), net(x))  # eval mode: batch norm's running statistics, no dropout
+        assert torch.equal(g(x), g(x))
+    from PIL import Image
+
+    (tmp_path / "photos").mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 70, 3), dtype=np.uint8)).save(tmp_path / "photos" / "p.png")
+    r = cli("translate", f"run={run}", f"in={tmp_path / 'photos'}", f"out={tmp_path / 'translated'}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert Image.open(tmp_path / "translated" / "p.png").size == (70, 40)
+    r = cli("translate", f"run={run}", f"in={tmp_path / 'photos'}", "direction=b2a", f"out={tmp_path / 'o'}", cwd=tmp_path)
+    assert r.returncode == 2 and "no b2a generator" in r.stderr
+
+
+def test_translate_keeps_the_aspect_ratio_by_padding_to_what_g_needs():
+    from ganlab.translate import fitted, unpadded
+
+    x = torch.rand(1, 3, 40, 70) * 2 - 1
+    y, pad = fitted(x, 32, 4, "aspect")
+    assert tuple(y.shape[-2:]) == (32, 56) and pad == (0, 0, 0, 0)  # 70 * 32/40 = 56: a multiple of 4 already
+    y, pad = fitted(x, 128, 128, "aspect")  # unet_128: sides a multiple of 128
+    assert tuple(y.shape[-2:]) == (128, 256) and pad == (16, 16, 0, 0)  # 224 wide, reflect-padded to 256
+    assert tuple(unpadded(y, pad).shape[-2:]) == (128, 224)
+    assert torch.equal(unpadded(y, pad), torch.nn.functional.interpolate(x, size=(128, 224), mode="bilinear",
+                                                                          antialias=True, align_corners=False))
+    y, pad = fitted(x, 32, 4, "square")
+    assert tuple(y.shape[-2:]) == (32, 32) and pad == (0, 0, 0, 0)

@@ -208,3 +208,19 @@ def test_pggan_refuses_2d_points_and_conditioning():
     images = type("S", (), {"kind": "image", "shape": (1, 32, 32), "name": "mnist"})()
     with pytest.raises(GanlabError, match="unconditional"):
         Progressive(compose("model=pggan", "model.conditional=true"), images, torch.device("cpu"))
+
+
+def test_a_later_stage_batch_larger_than_the_data_is_refused_at_start_up(tmp_path):
+    """The 16x16 stage's batch (64) exceeds the 48 images: refused before step 1, naming the stage, not when the
+    stage starts; a schedule that train.steps ends before that stage trains."""
+    from conftest import cli
+
+    data = tmp_path / "data"
+    make_idx(data, n=48)
+    sizes = ("model.fade_images=32", "model.stable_images=32", "model.batch_sizes=[16,16,64]", "train.ckpt_every=1000")
+    r = cli(*_pggan_args(data, tmp_path / "run", 12, *sizes), cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "model.batch_sizes' entry for 16x16 (from step 7)=64 is larger than the dataset (48 samples)" in r.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
+    r = cli(*_pggan_args(data, tmp_path / "run2", 6, *sizes), cwd=tmp_path)  # ends at 8x8: never reaches it
+    assert r.returncode == 0, r.stderr

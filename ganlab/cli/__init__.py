@@ -26,7 +26,7 @@ commands:
            (Hydra app: --help, --cfg job, -m/--multirun sweeps, --info, -sc shell completion)
   sample   samples of a trained run: ganlab sample run=RUN_DIR n=10000 out=samples.npz [labels=3] [ema=false] [truncation=0.7]
   eval     metrics of a run or an .npz vs real data: ganlab eval target=RUN_DIR [n=2000] [features=pixels]
-  translate  a folder through a CycleGAN: ganlab translate run=RUN_DIR in=DIR out=DIR [direction=a2b|b2a]
+  translate  a folder through a CycleGAN or pix2pix G: ganlab translate run=RUN_DIR in=DIR out=DIR [direction=a2b|b2a]
   inpaint  fill holes with an inpaint run: ganlab inpaint run=RUN_DIR in=IMAGE_OR_DIR mask=MASK_OR_DIR out=DIR
   data check  what a dataset holds: ganlab data check dataset=fashion_mnist (counts, sizes, duplicates, balance, bad files)
   interpolate  latent interpolation strips: ganlab interpolate run=RUN_DIR n=8 steps=10 out=strip.png [mode=lerp]
@@ -34,7 +34,7 @@ commands:
   report   one row per run of a sweep or of outputs/: ganlab report DIR [--sort METRIC] [--format F] [--plot M.png]
   board    TensorBoard on outputs/, a sweep or a run, on a free local port: ganlab board [DIR] [--port P]
   import   an official pretrained network as a run dir: ganlab import stylegan2 NET.pkl out=RUN_DIR,
-           ganlab import cyclegan G_A.pth [b2a=G_B.pth] out=RUN_DIR
+           ganlab import cyclegan G_A.pth [b2a=G_B.pth] out=RUN_DIR, ganlab import pix2pix G.pth out=RUN_DIR
 
 config groups (conf/): dataset, model, loss, optimizer, penalty, experiment, hparams_search, debug
   ganlab train --help      lists every option of every group

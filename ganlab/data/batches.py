@@ -65,6 +65,12 @@ class DeviceBatches:
         self.offset += total
         return to_unit_range(self.x[idx]), (None if self.y is None else self.y[idx])
 
+    def check(self, n: int, what: str) -> None:
+        """Raise now what `next` would raise for a global batch of n (an objective's later batch sizes)."""
+        if n > len(self.x):
+            raise GanlabError(f"{what}={n} is larger than the dataset ({len(self.x)} samples); use smaller batches.")
+        distributed.local_batch(n, what)
+
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "offset": self.offset, "generator": self._epoch_state}
 
@@ -136,6 +142,15 @@ class LoaderBatches:
         x = parts[0] if k == 1 else torch.cat(parts)
         return to_unit_range(x.to(self.device, non_blocking=True)), None
 
+    def check(self, n: int, what: str) -> None:
+        """Raise now what `next` would raise for a global batch of n (an objective's later batch sizes)."""
+        if n > len(self.loader.dataset):
+            raise GanlabError(f"{what}={n} is larger than the dataset ({len(self.loader.dataset)} images); use smaller "
+                              "batches.")
+        if distributed.local_batch(n, what) % self.batch_size:
+            raise GanlabError(f"{what}={n}: a batch from a disk-backed dataset must be a multiple of "
+                              f"train.batch_size={self.batch_size}; set train.batch_size to a divisor of every batch size.")
+
     def preview(self, n: int) -> torch.Tensor:
         ds = self.loader.dataset
         return to_unit_range(torch.stack([ds[i][0] for i in range(min(n, len(ds)))]).to(self.device))
@@ -154,26 +169,36 @@ class LoaderBatches:
 
 class UnpairedBatches:
     """Two image domains (ganlab.data.sources.UnpairedSource) on the device, each in its own seeded
-    epoch order: `next(n)` is (n images of A, n images of B), each flipped left-right with probability
-    0.5 when the source says so (drawn from the torch RNG on the device, which checkpoints restore)."""
+    epoch order: `next(n)` is (n images of A, n images of B), each a random crop of the source's
+    resolution out of its load-size image and flipped left-right with probability 0.5 when the source
+    says so (both drawn from the torch RNG on the device, which checkpoints restore)."""
 
     def __init__(self, source, batch_size: int, seed: int, device: torch.device):
         data = source.load()
         self.a = DeviceBatches(data["a"], None, batch_size, seed, device)
         self.b = DeviceBatches(data["b"], None, batch_size, seed + 1, device)
-        self.flip, self.device = source.flip, device
+        self.flip, self.device, self.size = source.flip, device, source.resolution
 
-    def _flip(self, x: torch.Tensor) -> torch.Tensor:
+    def _jitter(self, x: torch.Tensor) -> torch.Tensor:
+        n, room = x.shape[0], x.shape[-1] - self.size
+        if room > 0:  # a random crop per image: offsets in [0, room]
+            off = (distributed.rows(torch.rand, n, 2, device=self.device) * (room + 1)).long().clamp_(max=room)
+            span = torch.arange(self.size, device=self.device)
+            rows, cols = off[:, 0, None] + span, off[:, 1, None] + span  # n x size each
+            x = x[torch.arange(n, device=self.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+            x = x.permute(0, 3, 1, 2)  # advanced indexing put the channels last
         if not self.flip:
             return x
-        mirrored = distributed.rows(torch.rand, x.shape[0], device=self.device) < 0.5
+        mirrored = distributed.rows(torch.rand, n, device=self.device) < 0.5
         return torch.where(mirrored[:, None, None, None], x.flip(-1), x)
 
     def next(self, n: int | None = None):
-        return self._flip(self.a.next(n)[0]), self._flip(self.b.next(n)[0])
+        return self._jitter(self.a.next(n)[0]), self._jitter(self.b.next(n)[0])
 
     def preview(self, n: int) -> torch.Tensor:
-        return torch.cat([self.a.preview(n // 2), self.b.preview(n - n // 2)])
+        from ganlab.data.sources import center_crop
+
+        return center_crop(torch.cat([self.a.preview(n // 2), self.b.preview(n - n // 2)]), self.size)
 
     def state_dict(self) -> dict:
         return {"a": self.a.state_dict(), "b": self.b.state_dict()}

@@ -327,19 +327,28 @@ class ImageFolderSource(_ImageSource):
 
 class UnpairedSource(_ImageSource):
     """Two folders of images, domains A and B (CycleGAN's unpaired training sets: photos/ and paintings/),
-    each searched recursively, resized on the short side and centre-cropped to `resolution`, and held
-    in memory as uint8 (on the training device, like the other in-memory sets). `flip`: random
-    horizontal flips per image and batch, as the paper does. A batch is a pair (images of A, images of
-    B), drawn in independent orders: the domains need not be the same size."""
+    each searched recursively, resized on the short side and centre-cropped to `load_size`, and held
+    in memory as uint8 (on the training device, like the other in-memory sets). Every batch is cut
+    from them at random `resolution`-sized crops (the authors' load 286 / crop 256 jitter: `load_size`
+    auto is resolution x 286/256; equal to `resolution`: no jitter) and, with `flip`, flipped left-right
+    per image, as the paper does. A batch is a pair (images of A, images of B), drawn in independent
+    orders: the domains need not be the same size."""
 
     kind = "unpaired"
 
-    def __init__(self, name, root_a, root_b, resolution=64, channels=3, flip=True):
+    def __init__(self, name, root_a, root_b, resolution=64, channels=3, flip=True, load_size="auto"):
         super().__init__(name, resolution, channels, None)
         if channels not in (1, 3):
             raise GanlabError(f"dataset.channels={channels} is not valid for unpaired: use 1 or 3.")
         self.roots = {"a": Path(str(root_a)).expanduser(), "b": Path(str(root_b)).expanduser()}
         self.flip = bool(flip)
+        if load_size in ("auto", None):
+            load_size = self.resolution if load_size is None else round(self.resolution * 286 / 256)
+        if isinstance(load_size, bool) or not isinstance(load_size, int) or load_size < self.resolution:
+            raise GanlabError(f"dataset.load_size={load_size!r} is not valid: give auto (resolution x 286/256, the "
+                              f"authors' jitter) or an integer >= dataset.resolution={self.resolution} (equal: no "
+                              "random crops).")
+        self.load_size = load_size
         self._data: dict[str, torch.Tensor] | None = None
 
     def files(self, domain: str) -> list[Path]:
@@ -354,18 +363,23 @@ class UnpairedSource(_ImageSource):
         return files
 
     def load(self) -> dict[str, torch.Tensor]:
-        """{"a": uint8 N_a x C x R x R, "b": uint8 N_b x C x R x R}, read once and kept."""
+        """{"a": uint8 N_a x C x L x L, "b": uint8 N_b x C x L x L} (L = load_size), read once and kept."""
         if self._data is None:
             self._data = {}
             for domain in ("a", "b"):
-                ds = _FolderDataset(self.files(domain), self.resolution, self.channels)
+                ds = _FolderDataset(self.files(domain), self.load_size, self.channels)
                 self._data[domain] = torch.stack([ds[i][0] for i in range(len(ds))])
         return self._data
 
     def fixed(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first n images of A and of B, uint8 (the fixed set TensorBoard's rows show)."""
+        """The first n images of A and of B, centre crops, uint8 (the fixed set TensorBoard's rows show)."""
         data = self.load()
-        return data["a"][:n], data["b"][:n]
+        return center_crop(data["a"][:n], self.resolution), center_crop(data["b"][:n], self.resolution)
+
+
+def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+    return x[..., top:top + size, left:left + size]
 
 
 def mixture_log_prob(x: torch.Tensor, modes: torch.Tensor, std: float) -> torch.Tensor:
@@ -450,7 +464,7 @@ class GeneratedUnpaired(UnpairedSource):
     """Two generated domains for model=cyclegan: strokes (A) and, drawn independently, inverted strokes (B)."""
 
     def __init__(self, name, n, resolution, channels, seed):
-        super().__init__(name, "<generated A>", "<generated B>", resolution, channels, flip=True)
+        super().__init__(name, "<generated A>", "<generated B>", resolution, channels, flip=True, load_size=None)
         self.n, self.seed = n, int(seed)
 
     def load(self) -> dict[str, torch.Tensor]:

@@ -1,8 +1,8 @@
 """`ganlab import KIND FILE [b2a=FILE] out=RUN_DIR [overrides]`: official pretrained networks as ganlab run dirs.
 
 Kinds: `stylegan2` (a stylegan2-ada-pytorch network pickle), `cyclegan` (a pytorch-CycleGAN-and-pix2pix
-generator state dict: `latest_net_G_A.pth`, with `b2a=latest_net_G_B.pth` for the other direction). Nothing in
-the files runs (ganlab.safeload). The run dir holds
+generator state dict: `latest_net_G_A.pth`, with `b2a=latest_net_G_B.pth` for the other direction), `pix2pix`
+(the same code's `latest_net_G.pth`: one direction, a2b). Nothing in the files runs (ganlab.safeload). The run dir holds
 checkpoints/last.pt (the networks, step 0, the ganlab config that rebuilds them, `imported`: where from) and
 .hydra/overrides.yaml, so that `ganlab sample`, `eval`, `interpolate`, `translate` use it, and
 `ganlab train resume=RUN_DIR train.steps=N` fine-tunes it (fresh optimizers from the imported weights).
@@ -21,8 +21,8 @@ from ganlab.errors import GanlabError
 from ganlab.safeload import file_sha256
 
 USAGE = ("usage: ganlab import stylegan2 NETWORK.pkl out=RUN_DIR | ganlab import cyclegan G_A.pth [b2a=G_B.pth] "
-         "out=RUN_DIR  [overwrite=true] [dataset=NAME ...]")
-KINDS = ("stylegan2", "cyclegan")
+         "out=RUN_DIR | ganlab import pix2pix G.pth out=RUN_DIR  [overwrite=true] [dataset=NAME ...]")
+KINDS = ("stylegan2", "cyclegan", "pix2pix")
 
 
 def _parse(args: list[str]) -> tuple[str, Path, dict, list[str]]:
@@ -113,7 +113,7 @@ def import_cli(args: list[str]) -> int:
         from ganlab.importers.cyclegan import import_translation
 
         overrides, nets = import_translation(kind, path, Path(own["b2a"]) if "b2a" in own else None, extra)
-        what = "pytorch-CycleGAN-and-pix2pix ResnetGenerator state dict"
+        what = f"pytorch-CycleGAN-and-pix2pix {kind} generator state dict"
     overrides = [*overrides, *extra]
     cfg = _compose(overrides)
     imported = {"format": what, "from": str(path.resolve()), "sha256": file_sha256(path), "nets": sorted(nets)}

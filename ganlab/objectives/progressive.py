@@ -118,6 +118,7 @@ class Progressive(Objective):
                 raise GanlabError(f"model.batch_sizes holds {odd}, not multiples of train.batch_size={t.batch_size} "
                                   f"(the unit {source.name} is read in); set train.batch_size to a divisor of every "
                                   "batch size, e.g. train.batch_size=4.")
+        self.steps_total = int(t.steps)
         g, d = pro.build(m, tuple(source.shape), self.resolution)
         g, d = g.to(device), d.to(device)
         self.loss_fn, self.d_kw, self.g_kw = get_loss(cfg.loss)
@@ -128,7 +129,7 @@ class Progressive(Objective):
         self.optimizers = {"g": opt_g, "d": opt_d}
         self.ema = make_emas(tricks, self.nets, ["generator"])
         self.device, self.z_dim, self.n_critic = device, int(m.z_dim), int(t.n_critic)
-        self.steps_total, self.step = int(t.steps), 0
+        self.step = 0
         self.phases = (Phase("D", "d", ("discriminator",), self.d_loss, repeats=self.n_critic),
                        Phase("G", "g", ("generator",), self.g_loss))
         self.fixed_z = sample_z(int(t.n_samples), self.z_dim, torch.Generator().manual_seed(cfg.seed + 1)).to(device)
@@ -146,6 +147,13 @@ class Progressive(Objective):
         res, alpha, batch = self.schedule.at(step)
         # the stage's batch is global (model.batch_sizes); under torchrun each rank trains on its share
         return res, (torch.full((), alpha, device=self.device) if alpha < 1.0 else 1.0), local_batch(batch, "model.batch_sizes entry")
+
+    def attach(self, batches) -> None:
+        """Every stage's batch that train.steps reaches is checked now, against the data's size and the
+        processes, so a run does not fail hours in when its stage starts."""
+        for s in self.schedule.stages:
+            if s.first_step <= self.steps_total:
+                batches.check(s.batch, f"model.batch_sizes' entry for {s.res}x{s.res} (from step {s.first_step})")
 
     def reals(self, x: Tensor, res: int, alpha) -> Tensor:
         """Real images at the current resolution, blended across the fade as G's output is."""
