@@ -1,4 +1,4 @@
-"""`ganlab eval`: metrics of generated samples (a run's generator or an .npz) against real data.
+"""`ganlab eval`: metrics of generated samples (a run's generator, an .npz or a folder of images) against real data.
 
 Every number is written with how it was made (features and a hash of their weights, sample
 counts, the reference data, resizing, grey-to-RGB), so numbers made under different protocols are
@@ -42,6 +42,22 @@ def _load_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
     return x, labels
 
 
+def is_image_folder(target: Path) -> bool:
+    """A folder of images (translations, inpaintings, another tool's samples), not a run dir."""
+    from ganlab.data.sources import image_files
+
+    return target.is_dir() and not (target / "checkpoints").exists() and bool(image_files(target))
+
+
+def _load_folder(path: Path, shape: tuple[int, ...]) -> torch.Tensor:
+    """Every image under `path` in [-1, 1], converted to the reference's channels and, where its size
+    differs, resized (bilinear, antialiased) to the reference's: N x C x H x W."""
+    from ganlab.imageio import image_paths, read_image, resize
+
+    mode = "L" if shape[0] == 1 else "RGB"
+    return torch.cat([resize(read_image(p, mode), tuple(shape[-2:])) for p in image_paths(path, "target")])
+
+
 def _labelled_samples(cfg, target: Path, state: dict | None, npz) -> tuple[torch.Tensor, torch.Tensor, str]:
     """(uint8 images, labels, what they are) for the labelled metrics (cas): the .npz's (arr_0 + labels, as
     ganlab augment writes), or n // num_classes per class from a conditional run's G."""
@@ -78,15 +94,19 @@ def evaluate(cfg) -> dict:
     metrics = cfg.metrics if isinstance(cfg.metrics, str) else list(cfg.metrics)
     labelled = [] if isinstance(metrics, str) else [m for m in metrics if m in METRICS and METRICS[m].needs == "labelled"]
     scored = metrics if isinstance(metrics, str) else [m for m in metrics if m not in labelled]
-    state, npz = None, None
-    if target.suffix == ".npz":
-        if not target.is_file():
+    state, npz, folder = None, None, is_image_folder(target)
+    if target.suffix == ".npz" or folder:
+        if not target.exists():
             raise GanlabError(f"target={target}: no such file.")
+        what = "an image folder" if folder else "an .npz"
         if cfg.get("dataset") is None:
-            raise GanlabError("an .npz target needs the reference data: add dataset=NAME (and dataset.root=DIR).")
-        npz = _load_npz(target)
-        dataset_cfg, source_desc = cfg.dataset, "npz"
-        out = Path(cfg.out) if cfg.out else target.with_suffix(".metrics.json")
+            raise GanlabError(f"{what} target needs the reference data: add dataset=NAME (and dataset.root=DIR).")
+        if folder and labelled:
+            raise GanlabError(f"an image folder has no labels for {labelled}: score a labelled .npz (ganlab augment).")
+        npz = None if folder else _load_npz(target)
+        dataset_cfg, source_desc = cfg.dataset, ("image folder" if folder else "npz")
+        out = Path(cfg.out) if cfg.out else (target.parent / f"{target.name}.metrics.json" if folder
+                                             else target.with_suffix(".metrics.json"))
     else:
         state = with_truncation(load_checkpoint(checkpoint_path(str(target), cfg.checkpoint)),
                                 cfg.get("jacobian_truncation"))
@@ -102,7 +122,9 @@ def evaluate(cfg) -> dict:
     results, protocol, title = {}, {"generated_by": source_desc}, f"{target.name}: {source_desc}"
     if scored:
         source, real, real_hist = real_samples(dataset_cfg, int(cfg.n), int(cfg.seed))
-        if state is None:
+        if folder:
+            fake, own = _load_folder(target, tuple(real.shape[1:])), {}
+        elif state is None:
             fake, own = npz[0], {}
         else:
             fake, own = objective_class(run_cfg.model.get("objective", DEFAULT), from_file=True).evaluation_of_checkpoint(

@@ -216,13 +216,15 @@ class _Run(Checkpoints, Reporting, Evaluation):
         # the loop's knobs as plain Python values: each DictConfig read costs microseconds, every step
         steps_total, log_every, sample_every, ckpt_every = int(t.steps), int(t.log_every), int(t.sample_every), int(t.ckpt_every)
         decay_from = None if t.lr_decay_from is None else float(t.lr_decay_from)
+        schedule = self.objective.lr_schedule or (None if decay_from is None
+                                                  else (lambda s: lr_factor(s, steps_total, decay_from)))
         eval_every = int(self.cfg.eval.every or 0) if self.scorer is not None else 0
         step = last_log_step = self.start_step
         last_log_t = t_start
         while step < steps_total:
             step += 1
-            if decay_from is not None:
-                self.set_lr_factor(lr_factor(step, steps_total, decay_from))
+            if schedule is not None:
+                self.set_lr_factor(schedule(step))
             final = step == steps_total
             try:
                 self.train_step(step)

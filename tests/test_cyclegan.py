@@ -172,3 +172,22 @@ def test_a_cpu_run_shows_the_rows_resumes_exactly_with_its_pools_and_translates_
         assert im.size == (20, 20)
     out = run_cli("sample", f"run={whole}", "n=4", f"out={tmp_path / 's.npz'}", cwd=tmp_path)
     assert out.returncode != 0 and "ganlab translate" in out.stderr
+
+
+def test_the_lr_schedule_in_epochs_is_the_authors_lambda_rule(tmp_path):
+    """model.n_epochs=1 model.n_epochs_decay=1 on 4 images per domain at batch 1: an epoch is 4 steps; the first
+    trains at the lr, the second (the one decay epoch) at 1 - 1/2 of it, as the authors' rule gives."""
+    from ganlab.objectives.cyclegan import epoch_factor
+    from conftest import cli
+
+    assert [epoch_factor(e, 100, 100) for e in (0, 99, 100, 199)] == [1.0, 1.0, 1 - 1 / 101, 1 - 100 / 101]
+    a, b = make_unpaired(tmp_path, n=4, size=32)
+    run = tmp_path / "run"
+    args = _args(a, b, run, "model.n_epochs=1", "model.n_epochs_decay=1", "train.batch_size=1", "train.steps=8",
+                 "train.log_every=1", "train.ckpt_every=8", "train.sample_every=8")
+    r = cli(*args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lrs = [round(e.value, 9) for e in read_events(run / "tb").Scalars("Train/lr_g")]
+    assert lrs == [2e-4] * 4 + [1e-4] * 4
+    r = cli(*_args(a, b, tmp_path / "run2", "model.n_epochs=-1"), cwd=tmp_path)
+    assert r.returncode == 2 and "model.n_epochs=-1 is not valid" in r.stderr

@@ -112,6 +112,37 @@ def test_images_without_local_inception_weights_get_a_clear_message(tmp_path):
     assert json.loads((tmp_path / "x.metrics.json").read_text())["protocol"]["features"].startswith("raw pixels")
 
 
+def test_eval_scores_a_folder_of_images_as_the_same_images_in_an_npz(tmp_path):
+    """A folder of PNGs (translations, inpaintings) is scored like the .npz of the same pixels; images of
+    another size are resized to the reference's, RGB converted to its grey."""
+    from PIL import Image
+
+    from conftest import make_idx
+
+    make_idx(tmp_path / "data", n=40)
+    imgs = (np.random.default_rng(0).random((20, 28, 28, 1)) * 255).astype(np.uint8)
+    np.savez(tmp_path / "x.npz", arr_0=imgs)
+    (tmp_path / "pngs" / "sub").mkdir(parents=True)
+    for i, img in enumerate(imgs):
+        Image.fromarray(img[..., 0]).save(tmp_path / "pngs" / ("sub" if i % 2 else "") / f"{i:02d}.png")
+    ref = ["dataset=mnist", f"dataset.root={tmp_path / 'data'}", "dataset.download=false", "n=20", "features=pixels"]
+    assert cli("eval", f"target={tmp_path / 'x.npz'}", *ref, cwd=tmp_path).returncode == 0
+    r = cli("eval", f"target={tmp_path / 'pngs'}", *ref, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    from_npz = json.loads((tmp_path / "x.metrics.json").read_text())
+    from_dir = json.loads((tmp_path / "pngs.metrics.json").read_text())
+    # the same 20 images, in another order (the folder's sorted names): order-free metrics agree
+    assert from_dir["metrics"]["fd"] == pytest.approx(from_npz["metrics"]["fd"], rel=1e-5)
+    assert from_dir["protocol"]["generated_by"] == "image folder"
+    (tmp_path / "rgb").mkdir()
+    for i, img in enumerate(imgs):
+        Image.fromarray(np.repeat(img, 3, -1)).resize((56, 56)).save(tmp_path / "rgb" / f"{i}.png")
+    r = cli("eval", f"target={tmp_path / 'rgb'}", *ref, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = cli("eval", f"target={tmp_path / 'pngs'}", cwd=tmp_path)
+    assert r.returncode == 2 and "an image folder target needs the reference data" in r.stderr
+
+
 def test_eval_of_an_npz_needs_a_reference(tmp_path):
     np.savez(tmp_path / "p.npz", arr_0=np.zeros((20, 2), np.float32))
     out = cli("eval", f"target={tmp_path / 'p.npz'}", cwd=tmp_path)

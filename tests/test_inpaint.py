@@ -52,6 +52,10 @@ def test_composited_outputs_equal_the_input_outside_the_hole_exactly(name):
         if name == "pix2pix":
             assert d(x, mask_input(x, m), m).shape[:2] == (6, 1)  # one score per 70x70 patch
             assert sum(isinstance(mod, torch.nn.Dropout) for mod in g.modules()) == 3  # pix2pix's noise
+            convs = [mod for mod in d.modules() if isinstance(mod, torch.nn.Conv2d)]
+            # the authors' NLayerDiscriminator: no bias in the convs a BatchNorm follows, (real + fake) / 2
+            assert [c.bias is None for c in convs] == [False] + [True] * (len(convs) - 2) + [False]
+            assert recipe(cfg.model)["d_scale"] == 0.5
         else:
             assert d(x).shape == (6, 1)
     channel_fc = compose("model=inpaint", "model.bottleneck=channel_fc", "model.width=8")

@@ -153,7 +153,7 @@ class PairDiscriminator(nn.Module):
     def __init__(self, channels: int, size: int, width: int, layers: int):
         super().__init__()
         self.pad = pow2_padding(size)[1]
-        self.net = PatchDiscriminator(2 * channels + 1, width, layers, norm=nn.BatchNorm2d)
+        self.net = PatchDiscriminator(2 * channels + 1, width, layers, norm=nn.BatchNorm2d, bias=False)  # no bias before BN, as the authors' NLayerDiscriminator
 
     def forward(self, x: Tensor, masked: Tensor, mask: Tensor) -> Tensor:
         pair = torch.cat([pad_border(masked, self.pad), pad_border(mask, self.pad, "zeros"), pad_border(x, self.pad)], 1)

@@ -13,11 +13,18 @@ the authors' `optimize_parameters` does:
 Every term is its own scalar (Loss/G_adv_ab, Loss/cycle_a, Loss/identity_b, Loss/D_a, ...).
 The paper's least-squares loss is E[(D(G(x)) - 1)^2] for G; ganlab's least_squares keeps Mao et al.'s
 1/2, so the recipe sets model.adv_weight 2 to give the adversarial and cycle terms the paper's balance.
-The learning rate is constant, then decays linearly to 0 (train.lr_decay_from: 0.5, the paper's
-100 + 100 epochs counted in steps).
+The learning rate is constant, then decays linearly to 0: by default counted in steps (train.lr_decay_from:
+0.5, the paper's 100 + 100 epochs as halves of train.steps); with model.n_epochs set, in the paper's and the
+authors' terms (`epoch_schedule`): an epoch is max(|A|, |B|) images (the authors' dataset length), the lr
+constant for model.n_epochs epochs and then lowered once per epoch, linearly, over model.n_epochs_decay
+epochs (the authors' lambda rule with the scheduler stepped at each epoch's end: epoch e, counted from 0,
+trains at 1 - max(0, e + 1 - n_epochs) / (n_epochs_decay + 1)).
 """
 
 from __future__ import annotations
+
+import logging
+import math
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +39,32 @@ from ganlab.objectives.base import Objective, Phase, Runtime, check_image_to_ima
 from ganlab.optim import is_convolutional, make_optimizer
 from ganlab.tricks import make_emas
 from ganlab.viz import image_grid
+
+log = logging.getLogger("ganlab")
+
+
+def epoch_factor(epoch: int, n_epochs: int, n_epochs_decay: int) -> float:
+    """The authors' lambda rule (epoch_count 1): the lr factor of epoch `epoch` (counted from 0)."""
+    return 1.0 - max(0, epoch + 1 - n_epochs) / float(n_epochs_decay + 1)
+
+
+def epoch_schedule(model_cfg, images: int, global_batch: int, steps: int):
+    """(step -> lr factor, steps per epoch) for model.n_epochs / model.n_epochs_decay; None when n_epochs is null."""
+    n, decay = model_cfg.get("n_epochs"), model_cfg.get("n_epochs_decay", 100)
+    if n is None:
+        return None, None
+    for key, value in (("n_epochs", n), ("n_epochs_decay", decay)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise GanlabError(f"model.{key}={value!r} is not valid: give a number of epochs >= 0 (the paper: 100 and "
+                              "100), or model.n_epochs=null to count the schedule in train.steps (train.lr_decay_from).")
+    per = math.ceil(images / global_batch)
+    total = (n + decay) * per
+    if steps != total:
+        log.warning(f"model.n_epochs={n} + model.n_epochs_decay={decay} epochs of {images} images at batch "
+                    f"{global_batch} are {total} steps; train.steps={steps} " +
+                    ("stops before the lr has decayed to its end" if steps < total else "trains on at the last "
+                     "epoch's lr") + f" (train.steps={total} for the whole schedule).")
+    return (lambda step: epoch_factor(min((step - 1) // per, n + decay - 1), n, decay)), per
 
 
 class ImagePool:
@@ -113,6 +146,9 @@ class CycleGAN(Objective):
         if pool < 0:
             raise GanlabError(f"model.pool_size={pool} is not valid: give the number of images kept (the paper: 50; 0: off).")
         self.pools = {"a": ImagePool(pool, tuple(source.shape), device), "b": ImagePool(pool, tuple(source.shape), device)}
+        sizes = source.load()
+        self.lr_schedule, self.epoch_steps = epoch_schedule(m, max(len(sizes["a"]), len(sizes["b"])), int(t.batch_size),
+                                                            int(t.steps))
         self.device, self.batch = device, local_batch(int(t.batch_size))
         self.phases = (Phase("G", "g", ("generator_ab", "generator_ba"), self.g_loss),
                        Phase("D", "d", ("discriminator_a", "discriminator_b"), self.d_loss))

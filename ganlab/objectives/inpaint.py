@@ -38,9 +38,10 @@ from ganlab.viz import image_grid
 
 RECIPES = {
     "context_encoder": {"generator": "encoder_decoder", "discriminator": "global", "reconstruction": "l2",
-                        "lambda_rec": 0.999, "lambda_adv": 0.001},
+                        "lambda_rec": 0.999, "lambda_adv": 0.001, "d_scale": 1.0},
+    # pix2pix's D loss is (real + fake) / 2 (the authors' backward_D: "slows down the rate at which D learns")
     "pix2pix": {"generator": "unet", "discriminator": "patch", "reconstruction": "l1",
-                "lambda_rec": 100.0, "lambda_adv": 1.0},
+                "lambda_rec": 100.0, "lambda_adv": 1.0, "d_scale": 0.5},
 }
 
 
@@ -152,7 +153,7 @@ class Inpaint(Objective):
             with torch.no_grad():
                 filled = composite(masked, self.fwd["generator"](masked, mask), mask)
             d_real, d_fake = self._d(x, masked, mask).float(), self._d(filled, masked, mask).float()
-        loss = self.loss_fn.d(d_real, d_fake, **self.d_kw)
+        loss = self.recipe["d_scale"] * self.loss_fn.d(d_real, d_fake, **self.d_kw)
         return loss, {"Loss/D": loss, **d_score_logs(self.loss_fn, d_real, d_fake)}
 
     def g_loss(self, step: int, rt: Runtime):

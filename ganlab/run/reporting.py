@@ -53,7 +53,7 @@ class Reporting:
         for name, params in self.opt_params.items():
             values[f"Grad/{name.upper()}_norm"] = float(grad_norm(params))
         values.update(self.objective.scalars(step))
-        if self.cfg.train.lr_decay_from is not None:
+        if self.cfg.train.lr_decay_from is not None or self.objective.lr_schedule is not None:
             values.update({f"Train/lr_{name}": opt.param_groups[0]["lr"] for name, opt in self.objective.optimizers.items()})
         if self.skip_nan:
             values["Train/skipped_updates"] = float(self.skipped)
