@@ -42,20 +42,20 @@ def _load_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
     return x, labels
 
 
-def is_image_folder(target: Path) -> bool:
-    """A folder of images (translations, inpaintings, another tool's samples), not a run dir."""
+def folder_images(target: Path) -> list[Path]:
+    """The images of a folder target (translations, inpaintings, another tool's samples); [] for a run dir or a file."""
     from ganlab.data.sources import image_files
 
-    return target.is_dir() and not (target / "checkpoints").exists() and bool(image_files(target))
+    return image_files(target) if target.is_dir() and not (target / "checkpoints").exists() else []
 
 
-def _load_folder(path: Path, shape: tuple[int, ...]) -> torch.Tensor:
-    """Every image under `path` in [-1, 1], converted to the reference's channels and, where its size
-    differs, resized (bilinear, antialiased) to the reference's: N x C x H x W."""
-    from ganlab.imageio import image_paths, read_image, resize
+def _load_folder(files: list[Path], shape: tuple[int, ...]) -> torch.Tensor:
+    """The images in [-1, 1], converted to the reference's channels and, where their size differs, resized
+    (bilinear, antialiased) to the reference's: N x C x H x W."""
+    from ganlab.imageio import read_image, resize
 
     mode = "L" if shape[0] == 1 else "RGB"
-    return torch.cat([resize(read_image(p, mode), tuple(shape[-2:])) for p in image_paths(path, "target")])
+    return torch.cat([resize(read_image(p, mode), tuple(shape[-2:])) for p in files])
 
 
 def _labelled_samples(cfg, target: Path, state: dict | None, npz) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -94,7 +94,7 @@ def evaluate(cfg) -> dict:
     metrics = cfg.metrics if isinstance(cfg.metrics, str) else list(cfg.metrics)
     labelled = [] if isinstance(metrics, str) else [m for m in metrics if m in METRICS and METRICS[m].needs == "labelled"]
     scored = metrics if isinstance(metrics, str) else [m for m in metrics if m not in labelled]
-    state, npz, folder = None, None, is_image_folder(target)
+    state, npz, folder = None, None, folder_images(target)
     if target.suffix == ".npz" or folder:
         if not target.exists():
             raise GanlabError(f"target={target}: no such file.")
@@ -123,7 +123,7 @@ def evaluate(cfg) -> dict:
     if scored:
         source, real, real_hist = real_samples(dataset_cfg, int(cfg.n), int(cfg.seed))
         if folder:
-            fake, own = _load_folder(target, tuple(real.shape[1:])), {}
+            fake, own = _load_folder(folder, tuple(real.shape[1:])), {}
         elif state is None:
             fake, own = npz[0], {}
         else:

@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ganlab.cli import sweeps
+from ganlab.cli.sweeps import default_optimize_metric, failures, optimizing as sweep_optimizes
 from ganlab.cli.common import parse_value, quote_paths, report_error
 from ganlab.errors import GanlabError
 
@@ -137,7 +137,7 @@ def _train_task(cfg):
         distributed.setup(str(cfg.device))
     if not distributed.is_main():
         _quiet_logging()
-    optimizing = hc.mode == RunMode.MULTIRUN and sweeps.optimizing(hc)
+    optimizing = hc.mode == RunMode.MULTIRUN and sweep_optimizes(hc)
     _split_threads(cfg, hc)
     record = _Record(run_dir, hc, cfg)
     try:
@@ -186,7 +186,7 @@ def _recorded_result(cfg, record: dict, result: dict, optimizing: bool = False):
     (optimize_metric, or the default for the data when an optimizing sweeper runs without it)."""
     metrics = record.get("metrics") or {}
     result = {**result, **metrics}
-    metric = cfg.get("optimize_metric") or (sweeps.default_optimize_metric(cfg) if optimizing else None)
+    metric = cfg.get("optimize_metric") or (default_optimize_metric(cfg) if optimizing else None)
     if metric:  # what an optimizing sweeper (Optuna) minimizes or maximizes
         if metric not in result:
             report_error(f"optimize_metric={metric} is not among this run's final values ({', '.join(metrics)}).")
@@ -314,7 +314,7 @@ def train_cli(args: list[str]) -> int:
     from ganlab import distributed
     from ganlab.config import config_dir
 
-    sweeps.failures.clear()  # this call's sweep only
+    failures.clear()  # this call's sweep only
     args = quote_paths(args, ("resume", "hydra.run.dir", "hydra.sweep.dir", "dataset.root"))
     if not any(a in _INSPECTING or a.startswith("--info") for a in args):
         args = _prepare_run_dir(args)
@@ -329,8 +329,8 @@ def train_cli(args: list[str]) -> int:
         distributed.teardown(meet=False)  # a failed rank: the others may never reach the meeting
         raise
     distributed.teardown()
-    if sweeps.failures:
-        report_error(f"{len(sweeps.failures)} job(s) of the sweep failed: " + "; ".join(sweeps.failures)
+    if failures:
+        report_error(f"{len(failures)} job(s) of the sweep failed: " + "; ".join(failures)
                      + " (ganlab report SWEEP_DIR lists every run)")
         return 1
     return 0

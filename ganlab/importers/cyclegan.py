@@ -119,7 +119,7 @@ def _unet_to_ganlab(state: dict, geo: dict) -> dict[str, torch.Tensor]:
             moves = {"1": f"down.{k}.1", "2": f"down.{k}.2", "5": up + "1", "6": up + "2"}
         for key, value in state.items():
             rest = key[len(prefix):] if key.startswith(prefix) else None
-            if rest is not None and "." in rest and rest.split(".", 1)[0] in moves and not rest.startswith(("1.model", "3.model")):
+            if rest is not None and rest.split(".", 1)[0] in moves:  # a nested block's keys sit under 1 or 3.model
                 index, param = rest.split(".", 1)
                 out[f"{moves[index]}.{param}"] = value.detach().clone()
     if len(out) != len(state):
