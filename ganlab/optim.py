@@ -50,13 +50,16 @@ def _fused_devices() -> tuple[str, ...]:
 
 
 def validate_optimizer(opt) -> None:
-    """optimizer.*: positive learning rates, two betas in [0, 1)."""
+    """optimizer.*: positive learning rates, two betas in [0, 1), a momentum in [0, 1)."""
     from ganlab.checks import positive
     from ganlab.errors import GanlabError
 
     for key in ("lr", "lr_g", "lr_d"):
         if key in opt and opt[key] is not None:
             positive(opt[key], f"optimizer.{key}", integer=False)
+    if "momentum" in opt and not (isinstance(opt.momentum, (int, float)) and not isinstance(opt.momentum, bool)
+                                  and 0 <= opt.momentum < 1):
+        raise GanlabError(f"optimizer.momentum={opt.momentum!r} is not valid: give a number in [0, 1), e.g. 0.5.")
     if "betas" in opt:
         betas = list(opt.betas)
         if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):

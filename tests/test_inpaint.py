@@ -93,6 +93,35 @@ def test_mask_generators_hit_the_requested_ratio_and_replay_from_a_seed(kind, si
         masks.draw(kind, 1, (8, 8), 1.5)
 
 
+def test_pix2pix_fills_at_test_time_as_in_training_one_image_at_a_time():
+    """The paper's test protocol (and the authors' test.py without --eval): dropout on, batch norm with the test
+    image's own statistics; the running statistics are left as they were. model.test_mode=eval opts out."""
+    assert recipe(compose("model=inpaint", "model.recipe=pix2pix").model)["test_mode"] == "train"
+    assert recipe(compose("model=inpaint").model)["test_mode"] == "eval"
+    assert recipe(compose("model=inpaint", "model.recipe=pix2pix", "model.test_mode=eval").model)["test_mode"] == "eval"
+    with pytest.raises(GanlabError, match="model.test_mode"):
+        recipe(compose("model=inpaint", "model.test_mode=sometimes").model)
+    cfg = compose("model=inpaint", "model.recipe=pix2pix", "model.width=8")
+    torch.manual_seed(2)
+    g, _ = nets.build(cfg.model, (1, 32, 32), recipe(cfg.model))
+    g.test_mode = "train"
+    x = torch.rand(3, 1, 32, 32) * 2 - 1
+    m = masks.draw("center", 3, (32, 32), 0.25)
+    before = {k: v.clone() for k, v in g.state_dict().items()}
+    torch.manual_seed(5)
+    a = fill(g, x, m)
+    torch.manual_seed(5)
+    alone = fill(g, x[:1], m[:1])
+    b = fill(g, x, m)
+    assert torch.equal(a[:1], alone)  # image by image: the first image's fill does not depend on the others
+    hole = m.expand_as(x).bool()
+    assert not torch.equal(a[hole], b[hole]) and torch.equal(a[~hole], b[~hole])  # dropout: a new fill each time
+    assert all(torch.equal(v, before[k]) for k, v in g.state_dict().items())  # running statistics untouched
+    assert g.training  # the mode it came in with
+    g.test_mode = "eval"
+    assert torch.equal(fill(g, x, m), fill(g, x, m))  # eval mode: deterministic
+
+
 def test_hole_metrics_see_only_the_hole():
     torch.manual_seed(0)
     x = torch.rand(8, 1, 28, 28) * 2 - 1

@@ -24,10 +24,14 @@ class _Rt:
     device = torch.device("cpu")
 
     def __init__(self, x, y=None):
-        self.x, self.y = x, y
+        self.x, self.y, self.asked = x, y, []
 
     def next_batch(self, n=None):
-        return self.x, self.y
+        self.asked.append(n)
+        if n is None:
+            return self.x, self.y
+        reps = -(-n // len(self.x))
+        return self.x.repeat(reps, 1, 1, 1)[:n], None if self.y is None else self.y.repeat(reps)[:n]
 
     def autocast(self):
         return contextlib.nullcontext()
@@ -73,7 +77,7 @@ def test_each_level_g_gets_the_upsampled_coarser_image_in_training_and_sampling(
     hook = obj.nets["generator_0"].register_forward_hook(lambda mod, args, out: seen.append(args))
     obj.g_loss(0, 1, _Rt(x))
     hook.remove()
-    assert torch.equal(seen[0][1], lap.up(lap.down(x)))
+    assert torch.equal(seen[0][1], lap.up(lap.down(x.repeat(2, 1, 1, 1))))  # G's batch: twice D's
     # sampling, coarse to fine: G_k's condition is up(the image composed so far at level k + 1)
     g = obj.sampler()
     calls = {}
@@ -154,3 +158,89 @@ def test_a_cpu_run_shows_every_level_in_tensorboard_samples_and_resumes_exactly(
     b = torch.load(split / "checkpoints" / "last.pt", weights_only=True)
     _assert_same_training_state(a, b, nets=[f"{net}_{k}" for net in ("generator", "discriminator") for k in range(3)],
                                 optimizers=[f"opt_{opt}{k}" for opt in "gd" for k in range(3)])
+
+
+def test_the_nets_are_the_authors_d_judges_h_plus_l_with_dropout_and_noise_is_uniform():
+    obj = LapGAN(compose("model=lapgan", *SMALL, "model.conditional=true"), _source(), torch.device("cpu"))
+    d, g = obj.nets["discriminator_0"], obj.nets["generator_0"]
+    h, l, y = torch.randn(4, 1, 28, 28), torch.randn(4, 1, 28, 28), torch.arange(4)
+    d.eval()
+    with torch.no_grad():  # the residual is added to its low-pass image before the first layer (section 3.1)
+        assert torch.allclose(d(h, l, y), d(h + l - 0.3, torch.full_like(l, 0.3), y), atol=1e-5)
+        assert not torch.allclose(d(h, l, y), d(h, l, (y + 1) % 10))  # the class plane matters
+    d.train()
+    with torch.no_grad():
+        assert not torch.equal(d(h, l, y), d(h, l, y))  # dropout, active in training
+    kernels = [m.kernel_size for m in g.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert kernels == [(7, 7), (7, 7), (5, 5)] and g.net[0].in_channels == 1 + 1 + 1  # noise, class plane, l
+    assert [m.kernel_size for m in d.modules() if isinstance(m, torch.nn.Conv2d)] == [(5, 5), (5, 5)]
+    assert [m.p for m in obj.nets["discriminator_2"].modules() if isinstance(m, torch.nn.Dropout)] == [0.5, 0.5]
+    assert obj.nets["generator_2"].net[0].out_features == 2 * 32  # the top G: twice the top D's units
+    # the top G's uniform latent from the lab's normal one, exactly: u = 2 Phi(z) - 1
+    seen = []
+    top = obj.nets["generator_2"]
+    hook = top.net[0].register_forward_hook(lambda mod, args, out: seen.append(args[0]))
+    with torch.no_grad():
+        top(torch.randn(20000, 16, generator=torch.Generator().manual_seed(0)), None, torch.zeros(20000, dtype=torch.long))
+    hook.remove()
+    u = seen[0][:, :16]
+    assert u.min() > -1 and u.max() < 1
+    assert abs(u.mean()) < 0.01 and abs(u.var() - 1 / 3) < 0.01
+    counts = torch.histc(u, bins=10, min=-1, max=1) / u.numel()
+    assert (counts - 0.1).abs().max() < 0.005
+    planes = lap.noise_planes(torch.zeros(2000, 1, 8, 8))
+    assert planes.shape == (2000, 1, 8, 8) and planes.min() >= -1 and planes.max() <= 1
+    assert abs(planes.mean()) < 0.01 and abs(planes.var() - 1 / 3) < 0.01
+
+
+def test_d_loss_is_the_mixed_batch_mean_and_g_draws_twice_the_batch():
+    cfg = compose("model=lapgan", *SMALL)
+    obj = LapGAN(cfg, _source(), torch.device("cpu"))
+    x = torch.rand(6, 1, 28, 28) * 2 - 1
+    scores = []
+    d = obj.nets["discriminator_2"]
+    d.eval()  # no dropout: the two calls below see the same D
+    hook = d.register_forward_hook(lambda mod, args, out: scores.append(out))
+    torch.manual_seed(0)
+    loss, _ = obj.d_loss(2, 1, _Rt(x))
+    hook.remove()
+    real, fake = scores
+    mixed = torch.nn.functional.binary_cross_entropy_with_logits(
+        torch.cat([real, fake]), torch.cat([torch.ones(6), torch.zeros(6)]))
+    assert torch.allclose(loss, mixed, atol=1e-6)
+    rt = _Rt(x)
+    obj.g_loss(0, 1, rt)
+    assert rt.asked == [12]
+
+
+def test_the_epoch_schedule_decays_the_lr_and_raises_the_momentum():
+    cfg = compose("model=lapgan", *SMALL, "model.momentum_step=0.1", "model.lr_decay=0.5")
+    obj = LapGAN(cfg, _source(), torch.device("cpu"))
+
+    class Batches:
+        size = 60
+
+        def check(self, n, what):
+            self.checked = (n, what)
+
+    batches = Batches()
+    obj.attach(batches)
+    assert batches.checked[0] == 12 and "2 x train.batch_size" in batches.checked[1]
+    per_epoch = 10  # 60 images / batch 6
+    momenta = lambda: {round(g["momentum"], 9) for opt in obj.optimizers.values() for g in opt.param_groups}  # noqa: E731
+    assert obj.lr_schedule(1) == 1.0 and momenta() == {0.5}
+    assert obj.lr_schedule(per_epoch) == 1.0  # still the first epoch
+    assert obj.lr_schedule(per_epoch + 1) == pytest.approx(1 / 1.5) and momenta() == {0.6}
+    assert obj.lr_schedule(3 * per_epoch + 1) == pytest.approx(1.5 ** -3) and momenta() == {0.8}
+    assert obj.lr_schedule(9 * per_epoch + 1) == pytest.approx(1.5 ** -9) and momenta() == {0.8}  # capped
+    assert obj.lr_schedule(1) == 1.0 and momenta() == {0.5}  # a pure function of the step (resume)
+    cpu = torch.device("cpu")
+    assert LapGAN(compose("model=lapgan", *SMALL, "model.momentum_step=0", "model.lr_decay=0"), _source(),
+                  cpu).lr_schedule is None
+    with pytest.raises(GanlabError, match="model.d_dropout"):
+        LapGAN(compose("model=lapgan", *SMALL, "model.d_dropout=1.0"), _source(), cpu)
+    with pytest.raises(GanlabError, match="needs at least 9 px"):
+        LapGAN(compose("model=lapgan", *SMALL, "model.levels=3"), _source((1, 16, 16)), cpu)  # 16 -> 8 -> 4
+    with pytest.raises(GanlabError, match="optimizer.momentum"):
+        from ganlab.optim import validate_optimizer
+        validate_optimizer(compose("model=lapgan", "optimizer.momentum=1.5").optimizer)

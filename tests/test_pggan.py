@@ -103,6 +103,32 @@ def test_the_schedule_reaches_each_resolution_at_the_configured_image_count():
     assert [s.at(e)[0] for e in ends] == [4, 8, 16] and all(s.at(e + 1)[0] == 2 * s.at(e)[0] for e in ends)
 
 
+def test_adam_forgets_its_state_when_each_stage_starts_as_the_official_code():
+    """reset_opt_for_new_lod: both optimizers' state is cleared after the last step of every stage (before a
+    fade-in and before a stabilization), kept within a stage, and kept always with model.reset_optimizers=false."""
+    from ganlab.objectives.progressive import Progressive
+
+    src = type("S", (), {"kind": "image", "shape": (1, 16, 16), "name": "mnist", "num_classes": 10, "in_memory": True})()
+    over = ("model.width=8", "model.fmap_base=64", "model.z_dim=8", "model.fade_images=64", "model.stable_images=64",
+            "model.batch_sizes=[16]", "train.steps=100")
+    for reset in (True, False):
+        obj = Progressive(compose("model=pggan", *over, f"model.reset_optimizers={reset}"), src, torch.device("cpu"))
+        starts = sorted(obj.schedule.stage_starts)
+        assert starts == [s.first_step for s in obj.schedule.stages[1:]] and len(starts) == 4  # 4x4 | fade 8 | 8 | fade 16 | 16
+
+        def fill():
+            for opt in obj.optimizers.values():
+                for group in opt.param_groups:
+                    for p in group["params"]:
+                        opt.state[p] = {"step": torch.tensor(3.0), "exp_avg": torch.ones_like(p)}
+
+        for step in range(1, 40):
+            fill()
+            obj.after_step(step)
+            empty = [not opt.state for opt in obj.optimizers.values()]
+            assert empty == [reset and step + 1 in starts] * 2, (reset, step)
+
+
 def test_geometry_pads_28_px_data_to_32_and_refuses_what_cannot_grow():
     cfg = compose("model=pggan")
     assert pro.geometry(cfg.model, (1, 28, 28)) == (32, (2, 2))

@@ -65,6 +65,11 @@ class DeviceBatches:
         self.offset += total
         return to_unit_range(self.x[idx]), (None if self.y is None else self.y[idx])
 
+    @property
+    def size(self) -> int:
+        """The number of samples in the data (an epoch's worth)."""
+        return len(self.x)
+
     def check(self, n: int, what: str) -> None:
         """Raise now what `next` would raise for a global batch of n (an objective's later batch sizes)."""
         if n > len(self.x):
@@ -141,6 +146,11 @@ class LoaderBatches:
             self.pos += 1
         x = parts[0] if k == 1 else torch.cat(parts)
         return to_unit_range(x.to(self.device, non_blocking=True)), None
+
+    @property
+    def size(self) -> int:
+        """The number of images in the data (an epoch's worth)."""
+        return len(self.loader.dataset)
 
     def check(self, n: int, what: str) -> None:
         """Raise now what `next` would raise for a global batch of n (an objective's later batch sizes)."""

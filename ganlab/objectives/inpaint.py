@@ -38,11 +38,16 @@ from ganlab.viz import image_grid
 
 RECIPES = {
     "context_encoder": {"generator": "encoder_decoder", "discriminator": "global", "reconstruction": "l2",
-                        "lambda_rec": 0.999, "lambda_adv": 0.001, "d_scale": 1.0},
+                        "lambda_rec": 0.999, "lambda_adv": 0.001, "d_scale": 1.0, "test_mode": "eval"},
     # pix2pix's D loss is (real + fake) / 2 (the authors' backward_D: "slows down the rate at which D learns")
+    # and at test time G runs as in training (the paper, section 3.1: dropout on, batch norm with the test batch's
+    # statistics; the authors' test.py without --eval, one image at a time)
     "pix2pix": {"generator": "unet", "discriminator": "patch", "reconstruction": "l1",
-                "lambda_rec": 100.0, "lambda_adv": 1.0, "d_scale": 0.5},
+                "lambda_rec": 100.0, "lambda_adv": 1.0, "d_scale": 0.5, "test_mode": "train"},
 }
+
+
+TEST_MODES = ("eval", "train")
 
 
 def recipe(model_cfg) -> dict:
@@ -58,6 +63,13 @@ def recipe(model_cfg) -> dict:
                 raise GanlabError(f"model.{key}={value!r} is not valid: give a weight >= 0 (null: the recipe's, "
                                   f"{RECIPES[name][key]:g}).")
             out[key] = float(value)
+    mode = model_cfg.get("test_mode")
+    if mode is not None:
+        if mode not in TEST_MODES:
+            raise GanlabError(f"model.test_mode={mode!r} is not valid: use eval (running statistics, no dropout), train "
+                              "(the pix2pix paper's: dropout and each image's own statistics) or null (the recipe's: "
+                              f"{RECIPES[name]['test_mode']}).")
+        out["test_mode"] = mode
     if out["lambda_rec"] == 0 and out["lambda_adv"] == 0:
         raise GanlabError("model.lambda_rec=0 and model.lambda_adv=0 leave G nothing to learn; keep one of them > 0.")
     return out
@@ -82,17 +94,25 @@ def mask_input(x: Tensor, mask: Tensor) -> Tensor:
 
 @torch.no_grad()
 def fill(g, x: Tensor, mask: Tensor, batch_size: int = 256) -> Tensor:
-    """x's holes filled by G (in eval mode, on its device, batch by batch), composited with the known
-    pixels; returned on x's device."""
+    """x's holes filled by G (on its device), composited with the known pixels; returned on x's device.
+
+    G runs as its `test_mode` attribute says (the recipe's, model.test_mode): "eval" (running statistics, no
+    dropout), batch by batch; "train" (the pix2pix paper's test protocol: dropout on, batch norm with the
+    statistics of the test batch, which the authors' test.py makes one image), image by image, its running
+    statistics left as they were."""
     was_training, device = g.training, next(g.parameters()).device
-    g.eval()
+    per_image = getattr(g, "test_mode", "eval") == "train"
+    saved = {k: v.clone() for k, v in g.state_dict().items() if "running" in k or "num_batches" in k} if per_image else {}
+    g.train(per_image)
     try:
         out = []
-        for xs, ms in zip(x.split(batch_size), mask.split(batch_size)):
+        for xs, ms in zip(x.split(1 if per_image else batch_size), mask.split(1 if per_image else batch_size)):
             masked, ms = mask_input(xs, ms).to(device), ms.to(device)
             out.append(composite(masked, g(masked, ms).float(), ms).to(x.device))
     finally:
         g.train(was_training)
+        if saved:
+            g.load_state_dict(saved, strict=False)
     return torch.cat(out)
 
 
@@ -111,6 +131,7 @@ class Inpaint(Objective):
         masklib.check(self.mask_kind, self.mask_ratio)
         self.mask_ratio = float(self.mask_ratio)
         g, d = nets.build(m, tuple(source.shape), r)
+        g.test_mode = r["test_mode"]  # how `fill` runs it (an attribute, not state: the config holds it)
         self.nets = {"generator": g.to(device)}
         self.optimizers = {"g": make_optimizer(cfg.optimizer, list(g.parameters()), "g", device, True)}
         if d is not None:
@@ -223,6 +244,7 @@ def load_filler(state: dict, ema: bool = True, device="cpu"):
     g, _ = nets.build(cfg.model, (int(ds.channels), int(ds.resolution), int(ds.resolution)),
                       {**recipe(cfg.model), "lambda_adv": 0.0})
     g.load_state_dict(generator_weights(state, ema))
+    g.test_mode = recipe(cfg.model)["test_mode"]
     return g.to(device).eval()
 
 

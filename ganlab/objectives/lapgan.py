@@ -1,22 +1,32 @@
 """LapGAN's objective (Denton et al. 2015): one GAN per level of the Laplacian pyramid, trained jointly.
 
 Each level k has its own G_k, D_k, optimizers ("g<k>", "d<k>") and phases ("D<k>" then "G<k>", finest
-level first). Every phase takes its own real batch and builds what its level needs on the device:
-the coarsest level K judges the low-pass image I_K (K halvings of the batch); a finer level k judges
-the real residual h_k = I_k - up(down(I_k)) against G_k's residual, both paired with the same
-low-pass condition l = up(down(I_k)), the way the paper trains each level on real low-pass inputs.
-Labels (model.conditional=true) are the batch's. Loss and penalty: the configured ones (the paper:
-the GAN loss, no penalty).
+level first). The authors trained the levels as separate runs (one script per scale, each drawing its
+own examples); here they train side by side, and every phase draws its own real batch, so that each
+level sees the data stream it would see alone. A level builds what it needs on the device: the coarsest
+level K judges the low-pass image I_K (K halvings of the batch); a finer level k judges the real
+residual h_k = I_k - up(down(I_k)) against G_k's residual, both paired with the same low-pass
+condition l = up(down(I_k)), the way the paper trains each level on real low-pass inputs. Labels
+(model.conditional=true) are the batch's.
+
+As the authors' training code (cifar/train/*adversarial.lua): D's batch is train.batch_size reals and
+as many fakes, and its loss the BCE's mean over that mixed batch (half the lab's sum of the two means;
+no batch norm anywhere, so mixing or not changes nothing else); G's batch is twice that (their 128
+against D's 64 + 64); SGD with momentum, the learning rate divided by (1 + model.lr_decay) and the
+momentum raised by model.momentum_step (up to model.momentum_max) at each epoch of the data
+(optimizer=sgd_lapgan: the paper's 0.02, 0.5, 4e-5, 0.0008 and 0.8). Loss and penalty: the configured
+ones (the paper: the GAN loss, no penalty).
 """
 
 from __future__ import annotations
 
 from functools import partial
 
+import math
+
 import torch
 from torch import Tensor
 
-from ganlab import distributed
 from ganlab.data.sources import build_source
 from ganlab.distributed import local_batch
 from ganlab.errors import GanlabError
@@ -60,6 +70,7 @@ class LapGAN(Objective):
         self.loss_fn, self.d_kw, self.g_kw = get_loss(cfg.loss)
         self.penalty, self.penalty_name = get_penalty(cfg.penalty), cfg.penalty.name
         self.device, self.z_dim, self.batch = device, int(m.z_dim), local_batch(int(t.batch_size))
+        self.global_batch = int(t.batch_size)
         n_critic = int(t.n_critic)
         phases = []
         for k, (g, d) in enumerate(zip(gens, discs)):
@@ -70,13 +81,43 @@ class LapGAN(Objective):
                        Phase(f"G{k}", f"g{k}", (f"generator_{k}",), partial(self.g_loss, k))]
         self.ema = make_emas(tricks, self.nets, [f"generator_{k}" for k in range(len(gens))])
         self.phases = tuple(phases)
-        self.images_per_step = self.batch * (2 * n_critic + 1) * self.levels
+        self.images_per_step = self.batch * (2 * n_critic + 2) * self.levels
+        self.data_size = 0  # the training data's size (attach), for the epochs of the lr and momentum schedule
+        self.lr_schedule = self._epoch_schedule(m, int(t.batch_size))
         n = int(t.n_samples)
         self.n_fixed = max(1, n // self.n_classes) * self.n_classes if self.n_classes else n
         self.fixed_z = sample_z(self.n_fixed, self.z_dim, torch.Generator().manual_seed(cfg.seed + 1)).to(device)
         self.fixed_y = ((torch.arange(self.n_fixed) * self.n_classes // self.n_fixed).to(device)
                         if self.n_classes else None)
         self.seed = int(cfg.seed)
+
+    def _epoch_schedule(self, m, global_batch: int):
+        """The paper's per-epoch schedule as a function of the step (an epoch: the data once through D's real
+        half-batches): the lr factor 1 / (1 + lr_decay)^epoch, and each SGD optimizer's momentum set to
+        min(m0 + epoch x momentum_step, momentum_max). None unless the optimizer has momentum to raise."""
+        decay, m_step, m_max = (float(m.get(k, d)) for k, d in (("lr_decay", 0.0), ("momentum_step", 0.0),
+                                                                 ("momentum_max", 0.0)))
+        for key, value in (("lr_decay", decay), ("momentum_step", m_step)):
+            if value < 0:
+                raise GanlabError(f"model.{key}={value} is not valid: give a number >= 0 (the paper: 4e-5 and 0.0008).")
+        starts = {name: [g.get("momentum", 0.0) for g in opt.param_groups] for name, opt in self.optimizers.items()}
+        if not decay and not m_step:
+            return None
+
+        def schedule(step: int) -> float:
+            epoch = (step - 1) // math.ceil(max(1, self.data_size) / global_batch)
+            for name, opt in self.optimizers.items():
+                for group, m0 in zip(opt.param_groups, starts[name]):
+                    if "momentum" in group and m_step:
+                        group["momentum"] = max(m0, min(m0 + epoch * m_step, m_max))
+            return (1.0 + decay) ** -epoch
+
+        return schedule
+
+    def attach(self, batches) -> None:
+        """G's batch (twice D's) is checked against the data now, and the data's size kept for the epochs."""
+        batches.check(2 * self.global_batch, "LapGAN's G batch (2 x train.batch_size, as the authors' code)")
+        self.data_size = batches.size
 
     # ------------------------------------------------------------------------------ the phases
     def level_data(self, k: int, x: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -93,10 +134,10 @@ class LapGAN(Objective):
         g = self.fwd[f"generator_{k}"]
         if k == self.top:
             return g(sample_z(n, self.z_dim, device=self.device), None, y)
-        return g(distributed.rows(torch.randn, n, 1, *l.shape[2:], device=self.device), l, y)
+        return g(lap.noise_planes(l), l, y)
 
-    def _batch(self, rt: Runtime):
-        x, y = rt.next_batch()
+    def _batch(self, rt: Runtime, n: int | None = None):
+        x, y = rt.next_batch(n)
         return x, (y if self.n_classes else None)
 
     def d_loss(self, k: int, step: int, rt: Runtime):
@@ -107,7 +148,7 @@ class LapGAN(Objective):
             with torch.no_grad():
                 fake = self._fake(k, l, y, x.shape[0]).to(real.dtype)
             d_real, d_fake = d(real, l, y).float(), d(fake, l, y).float()
-        loss_d = loss.d(d_real, d_fake, **self.d_kw)
+        loss_d = 0.5 * loss.d(d_real, d_fake, **self.d_kw)  # the mean over the mixed batch of reals and fakes
         logs = {}
         if self.penalty is not None:
             fn, weight, kw = self.penalty
@@ -120,7 +161,7 @@ class LapGAN(Objective):
                         **{f"{tag}_{k}": v for tag, v in d_score_logs(loss, d_real, d_fake).items()}}
 
     def g_loss(self, k: int, step: int, rt: Runtime):
-        x, y = self._batch(rt)
+        x, y = self._batch(rt, 2 * self.batch)
         _, l = self.level_data(k, x)
         with rt.autocast():
             fake = self._fake(k, l, y, x.shape[0])

@@ -66,6 +66,7 @@ class GrowthSchedule:
                     self.stages.append(Stage(res, fading, step, n, batch, images))
                 step, images = step + n, images + n * batch
         self._firsts = [s.first_step for s in self.stages]
+        self.stage_starts = frozenset(self._firsts[1:])  # the steps that begin a new stage (not the first)
 
     def stage(self, step: int) -> Stage:
         return self.stages[max(0, bisect.bisect_right(self._firsts, step) - 1)]
@@ -124,6 +125,7 @@ class Progressive(Objective):
         self.loss_fn, self.d_kw, self.g_kw = get_loss(cfg.loss)
         self.penalty, self.penalty_name = get_penalty(cfg.penalty), cfg.penalty.name
         self.drift = float(m.drift)
+        self.reset_optimizers = bool(m.get("reset_optimizers", True))
         opt_g, opt_d = make_optimizers(cfg.optimizer, g, d, device)
         self.nets = {"generator": g, "discriminator": d}
         self.optimizers = {"g": opt_g, "d": opt_d}
@@ -154,6 +156,15 @@ class Progressive(Objective):
         for s in self.schedule.stages:
             if s.first_step <= self.steps_total:
                 batches.check(s.batch, f"model.batch_sizes' entry for {s.res}x{s.res} (from step {s.first_step})")
+
+    def after_step(self, step: int) -> None:
+        """The official code's reset_opt_for_new_lod (model.reset_optimizers): when step + 1 starts a stage (a
+        fade-in or a stabilization), both optimizers forget their state (Adam's moments and step counts), as
+        theirs does whenever the level of detail crosses an integer. The state is the optimizers' own and is
+        checkpointed as such, so a resume lands on the same moments."""
+        if self.reset_optimizers and step + 1 in self.schedule.stage_starts:
+            for opt in self.optimizers.values():
+                opt.state.clear()
 
     def reals(self, x: Tensor, res: int, alpha) -> Tensor:
         """Real images at the current resolution, blended across the fade as G's output is."""
