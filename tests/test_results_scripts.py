@@ -93,3 +93,40 @@ def test_a_run_of_some_sections_prints_the_rows_the_doc_would_hold():
                                                                  for s in range(2)], with_wall=True)
     assert "98.7% / 98.7%" in lines[1] and lines[1].endswith("| 2.5 / 2.5 |")
     assert lines[2:] == ["families_img:", "  dcgan@mnist seed 0: step 50, fd 63.98", "  dcgan@mnist seed 1: failed (rc 1)"]
+
+
+def test_the_reference_comparison_reports_each_side_over_seeds_and_the_ratio_of_medians(tmp_path):
+    """results_reference.py (section 10): per seed G steps and classes, FD as median [min - max], the ratio of
+    the two medians; a run whose scores an earlier invocation kept is reused, not run again."""
+    from results_reference import cached, spread, table
+
+    refs = [{"g_steps": 900, "fd": f, "classes": 10} for f in (200.0, 300.0, 250.0)]
+    ours = [{"g_steps": 1000 + i, "fd": f, "classes": c} for i, (f, c) in enumerate(((60.0, 10), (90.0, 9), (75.0, 10)))]
+    header, rule, row = table([("wgan_gp", refs, ours)])
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells == ["wgan_gp", "900 / 900 / 900", "250.00 [200.00 - 300.00]", "10 / 10 / 10", "1,000 / 1,001 / 1,002",
+                     "75.00 [60.00 - 90.00]", "10 / 9 / 10", "0.30"]
+    assert spread([12.345]) == "12.35"
+    made = []
+    first, again = cached(tmp_path / "run.json", lambda: made.append(1) or {"fd": 1.5})
+    second, again2 = cached(tmp_path / "run.json", lambda: made.append(1) or {"fd": 9.9})
+    assert (first, again, second, again2, len(made)) == ({"fd": 1.5}, False, {"fd": 1.5}, True, 1)
+
+
+def test_the_reference_scripts_read_fashion_mnist_under_mnists_names(tmp_path):
+    """--datasets fashion_mnist: the reference scripts read ../../data/mnist/MNIST/raw/, so Fashion-MNIST's IDX
+    files (plain or .gz, in FashionMNIST/raw/ or loose) stand there under MNIST's names; none found: one error
+    that names the fix."""
+    import gzip
+
+    import pytest
+    from results_reference import idx_files
+
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        with gzip.open(tmp_path / f"{name}.gz", "wb") as fh:
+            fh.write(b"idx")
+    found = idx_files("fashion_mnist", tmp_path)
+    assert found["train-images-idx3-ubyte"] == tmp_path / "train-images-idx3-ubyte.gz"
+    assert found["t10k-labels-idx1-ubyte"] == tmp_path / "train-labels-idx1-ubyte.gz"  # the stand-in test split
+    with pytest.raises(SystemExit, match="mnist_subset.py"):
+        idx_files("mnist", tmp_path / "nothing")
