@@ -65,7 +65,7 @@ def test_the_stacked_mnist_recipe_is_scored_by_the_veegan_pacgan_protocol():
 
 
 def test_wgan_gp_recipe_has_the_paper_defaults():
-    cfg = compose("model=wgan_gp")
+    cfg = compose("model=wgan_gp", "~model_dataset")  # the family's recipe; 28 px grey images specialize it
     assert cfg.loss.name == "wasserstein"
     assert cfg.penalty.name == "gp" and cfg.penalty.weight == 10.0 and cfg.penalty.center == 1.0
     assert cfg.optimizer._target_ == "torch.optim.Adam"
@@ -164,8 +164,9 @@ def test_cli_cfg_job_shows_the_recipe(tmp_path):
     assert out.returncode == 0, out.stderr
     cfg = yaml.safe_load(out.stdout)
     assert cfg["loss"]["name"] == "wasserstein" and cfg["penalty"] == {"name": "gp", "weight": 10.0, "center": 1.0}
-    assert cfg["optimizer"]["lr"] == 1e-4 and cfg["optimizer"]["betas"] == [0.0, 0.9]
-    assert cfg["train"]["n_critic"] == 5
+    # the default dataset (28 px grey digits) picks conf/model_dataset/wgan_gp_mnist.yaml: Adam's step 8e-4
+    assert cfg["optimizer"]["lr"] == 8e-4 and cfg["optimizer"]["betas"] == [0.0, 0.9]
+    assert cfg["train"]["n_critic"] == 5 and cfg["train"]["batch_size"] == 32
     hinge = yaml.safe_load(cli("train", "model=wgan_gp", "loss=hinge", "--cfg", "job", cwd=tmp_path).stdout)
     assert hinge.pop("loss") == {"name": "hinge"}
     cfg.pop("loss")

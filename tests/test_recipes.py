@@ -55,9 +55,11 @@ PAPER = {
 
 
 def test_every_family_has_its_paper_defaults():
+    """Each family's own recipe (conf/model/), without a dataset's specialization of how the work is done
+    (conf/model_dataset/, tested below), is its paper's."""
     assert set(PAPER) == set(MODELS)
     for family, (loss, opt, lr, betas, n_critic, penalty, extra) in PAPER.items():
-        cfg = compose(f"model={family}")
+        cfg = compose(f"model={family}", "~model_dataset")
         assert cfg.loss.name == loss, family
         assert cfg.optimizer._target_ == f"torch.optim.{opt}" and cfg.optimizer.lr == lr, family
         if betas is not None:
@@ -68,18 +70,23 @@ def test_every_family_has_its_paper_defaults():
 
 
 def test_a_family_dataset_specialization_changes_only_how_the_work_is_done():
-    """conf/model_dataset/<model>_<dataset>.yaml: wgan_gp's batch 32 on 28 px grey images; the paper's loss,
-    penalty, n_critic and Adam stay; other datasets and families keep batch 64; the command line still wins."""
+    """conf/model_dataset/<model>_<dataset>.yaml: wgan_gp's batch 32 and Adam step 8e-4 on 28 px grey images;
+    the paper's loss, penalty, n_critic, Adam and its betas stay; other datasets and families keep batch 64 and
+    the paper's 1e-4; the command line still wins."""
     base = compose("model=wgan_gp", "dataset=ring8")
     for dataset in ("mnist", "fashion_mnist"):
         cfg = compose("model=wgan_gp", f"dataset={dataset}")
-        assert cfg.train.batch_size == 32, dataset
-        for key in ("loss", "penalty", "optimizer", "train.n_critic", "model"):
+        assert cfg.train.batch_size == 32 and cfg.optimizer.lr == 8e-4, dataset
+        for key in ("loss", "penalty", "train.n_critic", "model", "optimizer._target_", "optimizer.betas",
+                    "optimizer.lr_g", "optimizer.lr_d"):
             assert OmegaConf.select(cfg, key) == OmegaConf.select(base, key), (dataset, key)
-    assert base.train.batch_size == 64
+    assert base.train.batch_size == 64 and base.optimizer.lr == 1e-4
     assert compose("model=wgan_gp", "dataset=cifar10").train.batch_size == 64
+    assert compose("model=wgan_gp", "dataset=cifar10").optimizer.lr == 1e-4
     assert compose("model=dcgan", "dataset=mnist").train.batch_size == 64
-    assert compose("model=wgan_gp", "dataset=mnist", "train.batch_size=64").train.batch_size == 64
+    assert compose("model=dcgan", "dataset=mnist").optimizer.lr == 2e-4
+    restored = compose("model=wgan_gp", "dataset=mnist", "train.batch_size=64", "optimizer.lr=1e-4")
+    assert restored.train.batch_size == 64 and restored.optimizer.lr == 1e-4
 
 
 @pytest.mark.parametrize("family", ["wgan", "sngan", "lsgan"])
