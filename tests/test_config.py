@@ -164,7 +164,7 @@ def test_cli_cfg_job_shows_the_recipe(tmp_path):
     assert out.returncode == 0, out.stderr
     cfg = yaml.safe_load(out.stdout)
     assert cfg["loss"]["name"] == "wasserstein" and cfg["penalty"] == {"name": "gp", "weight": 10.0, "center": 1.0}
-    # the default dataset (28 px grey digits) picks conf/model_dataset/wgan_gp_mnist.yaml: Adam's step 8e-4
+    # the default dataset (28 px grey digits) picks conf/model_dataset/wgan_gp_adam_wgan_gp_mnist.yaml: Adam's step 8e-4
     assert cfg["optimizer"]["lr"] == 8e-4 and cfg["optimizer"]["betas"] == [0.0, 0.9]
     assert cfg["train"]["n_critic"] == 5 and cfg["train"]["batch_size"] == 32
     hinge = yaml.safe_load(cli("train", "model=wgan_gp", "loss=hinge", "--cfg", "job", cwd=tmp_path).stdout)

@@ -70,9 +70,9 @@ def test_every_family_has_its_paper_defaults():
 
 
 def test_a_family_dataset_specialization_changes_only_how_the_work_is_done():
-    """conf/model_dataset/<model>_<dataset>.yaml: wgan_gp's batch 32 and Adam step 8e-4 on 28 px grey images;
-    the paper's loss, penalty, n_critic, Adam and its betas stay; other datasets and families keep batch 64 and
-    the paper's 1e-4; the command line still wins."""
+    """conf/model_dataset/<model>_<optimizer>_<dataset>.yaml: wgan_gp's batch 32 and Adam step 8e-4 on 28 px grey
+    images; the paper's loss, penalty, n_critic, Adam and its betas stay; other datasets and families keep batch
+    64 and the paper's 1e-4; another optimizer keeps its own step and batch; the command line still wins."""
     base = compose("model=wgan_gp", "dataset=ring8")
     for dataset in ("mnist", "fashion_mnist"):
         cfg = compose("model=wgan_gp", f"dataset={dataset}")
@@ -85,6 +85,10 @@ def test_a_family_dataset_specialization_changes_only_how_the_work_is_done():
     assert compose("model=wgan_gp", "dataset=cifar10").optimizer.lr == 1e-4
     assert compose("model=dcgan", "dataset=mnist").train.batch_size == 64
     assert compose("model=dcgan", "dataset=mnist").optimizer.lr == 2e-4
+    for dataset in ("mnist", "fashion_mnist"):  # an explicit optimizer is another recipe: its own step, batch 64
+        rms = compose("model=wgan_gp", f"dataset={dataset}", "optimizer=rmsprop")
+        assert rms.optimizer._target_ == "torch.optim.RMSprop" and rms.optimizer.lr == 5e-5, dataset
+        assert rms.train.batch_size == 64, dataset
     restored = compose("model=wgan_gp", "dataset=mnist", "train.batch_size=64", "optimizer.lr=1e-4")
     assert restored.train.batch_size == 64 and restored.optimizer.lr == 1e-4
 

@@ -110,7 +110,7 @@ def test_checkpoint_is_one_plain_dict(data_root, tmp_path):
     state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     assert {"generator", "discriminator", "opt_g", "opt_d", "step", "config", "rng", "data"} <= set(state)
     assert state["config"]["model"]["name"] == "wgan_gp" and isinstance(state["config"], dict)
-    assert state["opt_d"]["param_groups"][0]["lr"] == 1e-4
+    assert state["opt_d"]["param_groups"][0]["lr"] == cfg.optimizer.lr == 8e-4  # the 28 px grey recipe's step
     assert not list((tmp_path / "checkpoints").glob("*.tmp"))  # atomic write left nothing behind
     g, _ = build_models(cfg.model, type("S", (), {"kind": "image", "shape": (1, 28, 28)})())
     g.load_state_dict(state["generator"])
