@@ -110,12 +110,16 @@ def test_pix2pix_fills_at_test_time_as_in_training_one_image_at_a_time():
     before = {k: v.clone() for k, v in g.state_dict().items()}
     torch.manual_seed(5)
     a = fill(g, x, m)
-    torch.manual_seed(5)
+    after_a = torch.rand(4)
     alone = fill(g, x[:1], m[:1])
     b = fill(g, x, m)
+    other = fill(g, x, m, seed=1)
+    torch.manual_seed(5)
+    assert torch.equal(torch.rand(4), after_a)  # the caller's random state is left as it was
     assert torch.equal(a[:1], alone)  # image by image: the first image's fill does not depend on the others
+    assert torch.equal(a, b)  # the dropout masks come from the seed: the same fill every time (an eval reproduces)
     hole = m.expand_as(x).bool()
-    assert not torch.equal(a[hole], b[hole]) and torch.equal(a[~hole], b[~hole])  # dropout: a new fill each time
+    assert not torch.equal(a[hole], other[hole]) and torch.equal(a[~hole], other[~hole])  # dropout is on
     assert all(torch.equal(v, before[k]) for k, v in g.state_dict().items())  # running statistics untouched
     assert g.training  # the mode it came in with
     g.test_mode = "eval"

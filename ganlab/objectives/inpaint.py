@@ -93,22 +93,26 @@ def mask_input(x: Tensor, mask: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def fill(g, x: Tensor, mask: Tensor, batch_size: int = 256) -> Tensor:
+def fill(g, x: Tensor, mask: Tensor, batch_size: int = 256, seed: int = 0) -> Tensor:
     """x's holes filled by G (on its device), composited with the known pixels; returned on x's device.
 
     G runs as its `test_mode` attribute says (the recipe's, model.test_mode): "eval" (running statistics, no
     dropout), batch by batch; "train" (the pix2pix paper's test protocol: dropout on, batch norm with the
     statistics of the test batch, which the authors' test.py makes one image), image by image, its running
-    statistics left as they were."""
+    statistics left as they were, and its dropout masks drawn from `seed` (the caller's random state is left
+    as it was), so that the same G, images and holes give the same fill every time."""
     was_training, device = g.training, next(g.parameters()).device
     per_image = getattr(g, "test_mode", "eval") == "train"
     saved = {k: v.clone() for k, v in g.state_dict().items() if "running" in k or "num_batches" in k} if per_image else {}
     g.train(per_image)
     try:
-        out = []
-        for xs, ms in zip(x.split(1 if per_image else batch_size), mask.split(1 if per_image else batch_size)):
-            masked, ms = mask_input(xs, ms).to(device), ms.to(device)
-            out.append(composite(masked, g(masked, ms).float(), ms).to(x.device))
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            if per_image:
+                torch.manual_seed(seed)
+            out = []
+            for xs, ms in zip(x.split(1 if per_image else batch_size), mask.split(1 if per_image else batch_size)):
+                masked, ms = mask_input(xs, ms).to(device), ms.to(device)
+                out.append(composite(masked, g(masked, ms).float(), ms).to(x.device))
     finally:
         g.train(was_training)
         if saved:
