@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from ganlab.checkpoint import _step_of
+
 from conftest import cli, dataset_overrides, make_idx, offline_env, read_events, run_cli
 
 pytestmark = pytest.mark.slow  # minutes of real processes: scripts/test --quick skips these
@@ -137,7 +139,7 @@ def _linked_step(ckpt_dir: Path) -> int:
     for numbered in ckpt_dir.glob("step_*.pt"):
         try:
             if numbered.stat().st_ino == inode:
-                return int(numbered.stem[len("step_"):])
+                return _step_of(numbered.name)
         except FileNotFoundError:  # pruned meanwhile
             continue
     return 0

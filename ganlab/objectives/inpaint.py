@@ -106,7 +106,7 @@ def fill(g, x: Tensor, mask: Tensor, batch_size: int = 256, seed: int = 0) -> Te
     saved = {k: v.clone() for k, v in g.state_dict().items() if "running" in k or "num_batches" in k} if per_image else {}
     g.train(per_image)
     try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], enabled=per_image):
             if per_image:
                 torch.manual_seed(seed)
             out = []
