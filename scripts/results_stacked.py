@@ -45,7 +45,17 @@ def alone(run: Run) -> dict:
         run_ganlab(["eval", f"target={run.run_dir}", "ema=false", f"n={ev.n}", f"features={ev.features}",
                     f"metrics=[{','.join(ev.metrics)}]", "device=cpu", f"out={out}"],
                    run.run_dir.parent / f"{run.run_dir.name}-g-alone.log")
-    return {k.rsplit("/", 1)[-1]: v for k, v in json.loads(out.read_text())["metrics"].items()}  # eval's keys are bare
+    return bare(json.loads(out.read_text())["metrics"])
+
+
+def bare(metrics: dict) -> dict:
+    """Metric names without their TensorBoard group: a training run's "Metrics/fd" and eval's "fd" both as "fd"."""
+    return {k.rsplit("/", 1)[-1]: v for k, v in metrics.items()}
+
+
+def meets(m: dict) -> bool:
+    """#43's goal for one seed's scores (bare names)."""
+    return m["classes_captured"] == 1000 and m["class_kl_uniform"] <= GOAL_KL
 
 
 def kl_text(m: dict) -> str:
@@ -75,6 +85,7 @@ def main() -> None:
         r.reused = (r.run_dir / "metrics.json").is_file()
         runs.append(r)
     t0 = time.monotonic()
+
     def made(r: Run) -> Run:
         launch(r, out)
         if r.metrics:
@@ -89,7 +100,7 @@ def main() -> None:
             rows.append(f"| {r.seed} | failed (rc {r.rc}, see {r.run_dir.with_suffix('.log')}) | | | | | | | | | |")
             continue
         status = json.loads((r.run_dir / "status.json").read_text())
-        m = {k.split("/", 1)[1]: v for k, v in r.metrics.items() if "/" in k}
+        m = bare(r.metrics)
         cpu, g = status.get("train_cpu_s"), r.alone
         rows.append(f"| {r.seed} | {r.metrics['step']:,} | {status['train_wall_s'] / 60:.1f} | "
                     f"{'n/a' if cpu is None else f'{cpu / 60:.1f}'} | {m['classes_captured']:.0f} | {kl_text(m)} | "
@@ -97,8 +108,8 @@ def main() -> None:
     ok = [r for r in runs if r.metrics]
     samplers = "; ".join(sorted({sampler(r.run_dir / "metrics.json") for r in ok})) or "n/a"  # what made them
     judges = sorted({judge(r.run_dir / "metrics.json") for r in ok})  # which classifier labelled the samples (its version, accuracy)
-    met = [r for r in ok if r.metrics["Metrics/classes_captured"] == 1000 and r.metrics["Metrics/class_kl_uniform"] <= GOAL_KL]
-    met_alone = [r for r in ok if r.alone["classes_captured"] == 1000 and r.alone["class_kl_uniform"] <= GOAL_KL]
+    met = [r for r in ok if meets(bare(r.metrics))]
+    met_alone = [r for r in ok if meets(r.alone)]
     reused = [r.seed for r in runs if r.reused]
     with open(REPO / "conf" / "experiment" / "stacked_mnist.yaml") as fh:
         recipe = "".join(line[2:] if line.startswith("# ") else "\n" for line in fh if line.startswith("#") and "@package" not in line)
