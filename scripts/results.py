@@ -89,14 +89,18 @@ class Run:
 
 
 def slug(overrides: list[str]) -> str:
-    """A run's folder name: its overrides, and a hash of them and of the text of any recipe they name
-    (`experiment=X`: conf/experiment/X.yaml), so an edited recipe makes new runs instead of reusing old ones."""
+    """A run's folder name: its overrides, and a hash of them and of the content of any recipe they name
+    (`experiment=X`: conf/experiment/X.yaml), so an edited recipe makes new runs instead of reusing old ones.
+    The recipe is hashed as parsed YAML, so an edit to its comments alone keeps the runs."""
     import hashlib
     import re
 
+    import yaml
+
     readable = re.sub(r"[^A-Za-z0-9_.=-]+", "_", ",".join(o for o in overrides if not o.startswith("dataset.root")))
     recipes = [REPO / "conf" / "experiment" / f"{o.split('=', 1)[1]}.yaml" for o in overrides if o.startswith("experiment=")]
-    key = " ".join(overrides) + "".join(p.read_text() for p in recipes if p.is_file())
+    key = " ".join(overrides) + "".join(json.dumps(yaml.safe_load(p.read_text()), sort_keys=True)
+                                        for p in recipes if p.is_file())
     return readable[:80] + "-" + hashlib.sha1(key.encode()).hexdigest()[:8]
 
 

@@ -67,6 +67,8 @@ def main() -> None:
     ap.add_argument("--root", default="data", help="dataset.root (Debian's package is looked up after it)")
     ap.add_argument("--domains", type=Path, default=REPO / "data" / "fashion_domains")
     ap.add_argument("--out", type=Path, default=REPO / "outputs" / "results-cyclegan")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="more overrides for the train command (e.g. model.lambda_identity=0); named in the section")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     minutes, steps = (0.2, 40) if args.quick else (args.minutes, args.steps)
@@ -88,7 +90,7 @@ def main() -> None:
     overrides = ["model=cyclegan", f"dataset.root_a={folders['train_a']}", f"dataset.root_b={folders['train_b']}",
                  "dataset.resolution=32", "dataset.channels=1", f"model.width={args.width}", f"model.blocks={args.blocks}",
                  f"train.steps={steps}", f"train.max_minutes={minutes}", "train.log_every=50",
-                 f"train.sample_every={max(1, steps // 4)}", f"train.ckpt_every={steps}"]
+                 f"train.sample_every={max(1, steps // 4)}", f"train.ckpt_every={steps}", *args.set]
     t0 = time.monotonic()
     if not (run / "checkpoints" / "last.pt").is_file():
         run.parent.mkdir(parents=True, exist_ok=True)

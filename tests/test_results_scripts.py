@@ -54,9 +54,10 @@ def test_sampler_names_what_made_the_samples_without_each_runs_steps(tmp_path):
     assert sampler(path) == "EMA weights"
 
 
-def test_a_run_folder_is_reused_only_for_the_same_recipe_text(tmp_path, monkeypatch):
+def test_a_run_folder_is_reused_only_for_the_same_recipe(tmp_path, monkeypatch):
     """results.py reuses a run whose folder exists: the folder's hash covers the recipe file an `experiment=`
-    override names, so editing conf/experiment/X.yaml makes new runs instead of reporting the old recipe's."""
+    override names, so editing conf/experiment/X.yaml makes new runs instead of reporting the old recipe's;
+    an edit to its comments alone keeps them (a comment changes no run)."""
     import results
 
     (tmp_path / "conf" / "experiment").mkdir(parents=True)
@@ -65,6 +66,8 @@ def test_a_run_folder_is_reused_only_for_the_same_recipe_text(tmp_path, monkeypa
     monkeypatch.setattr(results, "REPO", tmp_path)
     before = results.slug(["experiment=grid25"])
     assert results.slug(["experiment=grid25"]) == before and before.startswith("experiment=grid25-")
+    recipe.write_text("# measured in section 4\ntrain:\n  steps: 14000   # about 15 CPU minutes\n")
+    assert results.slug(["experiment=grid25"]) == before
     recipe.write_text("train:\n  steps: 12000\n")
     assert results.slug(["experiment=grid25"]) != before
     assert results.slug(["model=gan", "dataset=grid25"]) == results.slug(["model=gan", "dataset=grid25"])
