@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fashion_domains import DEBIAN, export  # noqa: E402
-from results import REPO, write_section  # noqa: E402
+from results import REPO, slug, write_section  # noqa: E402
 
 BEGIN, END = "<!-- results_cyclegan.py: begin -->", "<!-- results_cyclegan.py: end -->"
 PICTURE = REPO / "docs" / "images" / "cyclegan_fashion.png"
@@ -86,22 +86,23 @@ def main() -> None:
     clf.eval()
     print(f"Fashion-MNIST classifier at 32 px: held-out accuracy {info['held_out_accuracy']:.4f}", flush=True)
 
-    run = out / "run"
     overrides = ["model=cyclegan", f"dataset.root_a={folders['train_a']}", f"dataset.root_b={folders['train_b']}",
                  "dataset.resolution=32", "dataset.channels=1", f"model.width={args.width}", f"model.blocks={args.blocks}",
                  f"train.steps={steps}", f"train.max_minutes={minutes}", "train.log_every=50",
                  f"train.sample_every={max(1, steps // 4)}", f"train.ckpt_every={steps}", *args.set]
+    work = out / slug(overrides)  # these overrides' run and translations: another --set never reuses them
+    run = work / "run"
     t0 = time.monotonic()
     if not (run / "checkpoints" / "last.pt").is_file():
         run.parent.mkdir(parents=True, exist_ok=True)
         ganlab("train", *overrides, "device=cpu", "train.threads=1", "train.progress=none", f"hydra.run.dir={run}",
-               log=out / "train.log")
+               log=work / "train.log")
     wall = time.monotonic() - t0
     state = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
 
     moved = {}
     for direction, src, back in (("a2b", "test_a", "b2a"), ("b2a", "test_b", "a2b")):
-        there, home = out / f"{src}_{direction}", out / f"{src}_{direction}_{back}"
+        there, home = work / f"{src}_{direction}", work / f"{src}_{direction}_{back}"
         ganlab("translate", f"run={run}", f"in={folders[src]}", f"out={there}", f"direction={direction}", "device=cpu")
         ganlab("translate", f"run={run}", f"in={there}", f"out={home}", f"direction={back}", "device=cpu")
         moved[direction] = (load_folder(folders[src]), load_folder(there), load_folder(home))
@@ -163,7 +164,7 @@ def main() -> None:
     canvas.paste(pictures[1], (0, pictures[0].height + 6))
     canvas.save(PICTURE)
     doc = write_section(BEGIN, END, section)
-    (out / "scores.json").write_text(json.dumps({"rows": rows, "steps": steps_done}, indent=2))
+    (work / "scores.json").write_text(json.dumps({"rows": rows, "steps": steps_done}, indent=2))
     print(f"written: {doc}, {PICTURE}")
 
 
