@@ -39,9 +39,10 @@ RECIPES = {
                "model.stable_images=6000", "model.batch_sizes=[64,64,32,4]"],
               "the paper's recipe with CPU-sized nets (32 channels at every resolution), 6k images per fade "
               "and per stabilization instead of 800k, so that G is grown to 32 px after 36k images (seed 0: 12k + 12k "
-              "FD 95.6; 6k + 6k 65.1; 3k + 3k 67.3, at batch 32), and batch 4 at 32 px (the paper's own schedule "
-              "lowers the batch as the resolution grows), for steps (2026-12-06, 15 min: batch 32 / 16 / 8 / 4 made 2,615 / 4,370 / "
-              "~7,850 / ~13,300 steps, FD 80.1 / 56.6 / 37.2-38.3 / 27.8-35.7)"),
+              "FD 95.6; 6k + 6k 65.1; 3k + 3k 67.3, at batch 32), and batch 4 at 32 px for more steps per CPU "
+              "second (the paper's own schedule lowers the batch as the resolution grows; 2026-12-06, 15 min: "
+              "batch 32 / 16 / 8 / 4 made 2,615 / 4,370 / ~7,850 / ~13,300 steps, FD 80.1 / 56.6 / 37.2-38.3 / "
+              "27.8-35.7)"),
     "lapgan": (["model=lapgan", "model.widths=[16,16,600]", "model.conditional=true"],
                "the paper's class-conditional model as its authors' code trains it (3 levels 8 -> 16 -> 32 px, SGD 0.02 "
                "with momentum, dropout in D, uniform noise, batch 64 + 64) with CPU-sized conv nets (16 channels instead "
