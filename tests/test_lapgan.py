@@ -244,3 +244,18 @@ def test_the_epoch_schedule_decays_the_lr_and_raises_the_momentum():
     with pytest.raises(GanlabError, match="optimizer.momentum"):
         from ganlab.optim import validate_optimizer
         validate_optimizer(compose("model=lapgan", "optimizer.momentum=1.5").optimizer)
+
+
+def test_model_lrs_gives_each_level_its_own_learning_rate():
+    cpu = torch.device("cpu")
+    obj = LapGAN(compose("model=lapgan", *SMALL, "model.lrs=[0.02,0.05,0.1]"), _source(), cpu)
+    lrs = {name: [g["lr"] for g in opt.param_groups] for name, opt in obj.optimizers.items()}
+    assert lrs == {"g0": [0.02], "d0": [0.02], "g1": [0.05], "d1": [0.05], "g2": [0.1], "d2": [0.1]}
+    assert all(g["momentum"] == 0.5 for opt in obj.optimizers.values() for g in opt.param_groups)  # the rest as given
+    default = LapGAN(compose("model=lapgan", *SMALL), _source(), cpu)
+    assert {g["lr"] for opt in default.optimizers.values() for g in opt.param_groups} == {0.02}  # optimizer.lr
+    for bad in ("model.lrs=[0.1,0.1]", "model.lrs=[0.1,0,0.1]", "model.lrs=[0.1,true,0.1]"):
+        with pytest.raises(GanlabError, match="one learning rate > 0 per level"):
+            LapGAN(compose("model=lapgan", *SMALL, bad), _source(), cpu)
+    with pytest.raises(GanlabError, match="drop optimizer.lr_g"):
+        LapGAN(compose("model=lapgan", *SMALL, "model.lrs=[0.1,0.1,0.1]", "optimizer.lr_d=0.01"), _source(), cpu)

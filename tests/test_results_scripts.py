@@ -133,3 +133,18 @@ def test_the_reference_scripts_read_fashion_mnist_under_mnists_names(tmp_path):
     assert found["t10k-labels-idx1-ubyte"] == tmp_path / "train-labels-idx1-ubyte.gz"  # the stand-in test split
     with pytest.raises(SystemExit, match="mnist_subset.py"):
         idx_files("mnist", tmp_path / "nothing")
+
+
+def test_the_cyclegan_section_reports_each_seed_and_the_median_share():
+    """results_cyclegan.py (section 6): per direction the share labelled as the target class on every seed, its
+    median [min - max], the untranslated share, and each seed's cycle error and change."""
+    from results_cyclegan import table_rows
+
+    def seed(a2b, b2a):
+        return {"a2b": (1000, a2b, 0.03, 10.0, 52.0), "b2a": (1000, b2a, 0.032, 15.0, 51.0)}
+
+    rows = table_rows([seed(0.999, 0.849), seed(1.0, 0.908), seed(0.995, 0.88)])
+    cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
+    assert cells[0] == ["sneakers -> ankle boots", "1,000", "99.9% / 100.0% / 99.5%", "99.9% [99.5 - 100.0]", "3.0%",
+                        "10.0 / 10.0 / 10.0", "52.0 / 52.0 / 52.0"]
+    assert cells[1][:5] == ["ankle boots -> sneakers", "1,000", "84.9% / 90.8% / 88.0%", "88.0% [84.9 - 90.8]", "3.2%"]

@@ -14,8 +14,9 @@ as many fakes, and its loss the BCE's mean over that mixed batch (half the lab's
 no batch norm anywhere, so mixing or not changes nothing else); G's batch is twice that (their 128
 against D's 64 + 64); SGD with momentum, the learning rate divided by (1 + model.lr_decay) and the
 momentum raised by model.momentum_step (up to model.momentum_max) at each epoch of the data
-(optimizer=sgd_lapgan: the paper's 0.02, 0.5, 4e-5, 0.0008 and 0.8). Loss and penalty: the configured
-ones (the paper: the GAN loss, no penalty).
+(optimizer=sgd_lapgan: the paper's 0.02, 0.5, 4e-5, 0.0008 and 0.8); model.lrs gives each level its own lr
+(the authors' one --learningRate per scale's script). Loss and penalty: the configured ones (the paper: the
+GAN loss, no penalty).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from functools import partial
 import math
 
 import torch
+from omegaconf import OmegaConf
 from torch import Tensor
 
 from ganlab.data.sources import build_source
@@ -47,6 +49,22 @@ def _num_classes(cfg, source) -> int | None:
         raise GanlabError(f"model.conditional=true needs a labelled dataset; {source.name} has no labels. Use mnist, "
                           "fashion_mnist or cifar10, or model.conditional=false.")
     return int(source.num_classes)
+
+
+def _level_optimizers(opt_cfg, lrs, levels: int) -> list:
+    """The optimizer config of each level, finest first: optimizer.* with its lr replaced by model.lrs[k]
+    when model.lrs is given (the authors trained each scale with its own script and --learningRate)."""
+    if lrs is None:
+        return [opt_cfg] * levels
+    lrs = list(lrs)
+    if len(lrs) != levels or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in lrs):
+        raise GanlabError(f"model.lrs={lrs} is not valid: give one learning rate > 0 per level, finest first ({levels} "
+                          "of them, e.g. [0.02,0.1,0.1]), or model.lrs=null for optimizer.lr at every level.")
+    if opt_cfg.get("lr_g") is not None or opt_cfg.get("lr_d") is not None:
+        raise GanlabError("model.lrs sets each level's learning rate for its G and D; drop optimizer.lr_g / "
+                          "optimizer.lr_d, or use model.lrs=null.")
+    resolved = OmegaConf.to_container(opt_cfg, resolve=True)
+    return [OmegaConf.create({**resolved, "lr": float(lr)}) for lr in lrs]
 
 
 def residual_grid(h: Tensor, nrow: int | None = None) -> Tensor:
@@ -72,11 +90,12 @@ class LapGAN(Objective):
         self.device, self.z_dim, self.batch = device, int(m.z_dim), local_batch(int(t.batch_size))
         self.global_batch = int(t.batch_size)
         n_critic = int(t.n_critic)
+        level_opts = _level_optimizers(cfg.optimizer, m.get("lrs"), len(gens))
         phases = []
         for k, (g, d) in enumerate(zip(gens, discs)):
             g, d = g.to(device), d.to(device)
             self.nets[f"generator_{k}"], self.nets[f"discriminator_{k}"] = g, d
-            self.optimizers[f"g{k}"], self.optimizers[f"d{k}"] = make_optimizers(cfg.optimizer, g, d, device)
+            self.optimizers[f"g{k}"], self.optimizers[f"d{k}"] = make_optimizers(level_opts[k], g, d, device)
             phases += [Phase(f"D{k}", f"d{k}", (f"discriminator_{k}",), partial(self.d_loss, k), repeats=n_critic),
                        Phase(f"G{k}", f"g{k}", (f"generator_{k}",), partial(self.g_loss, k))]
         self.ema = make_emas(tricks, self.nets, [f"generator_{k}" for k in range(len(gens))])
