@@ -2,9 +2,10 @@
 """docs/results.md, section 6: CycleGAN on a real pair of unpaired domains, Fashion-MNIST's sneakers and
 ankle boots (scripts/fashion_domains.py exports them from Debian's `dataset-fashion-mnist`).
 
-One real `ganlab train model=cyclegan` run per seed (--seeds, --jobs at a time, one thread each; a rerun reuses
-finished runs) on the 6,000 + 6,000 training images at 32 px (a CPU budget), then `ganlab translate` on the 1,000 + 1,000 held-out test images, both ways and back again, scored by
-ganlab's Fashion-MNIST classifier at 32 px (trained once and cached):
+One real `ganlab train model=cyclegan` run per seed (--seeds, --jobs at a time, one thread each; a rerun
+reuses finished runs) on the 6,000 + 6,000 training images at 32 px (a CPU budget), then `ganlab translate`
+on the 1,000 + 1,000 held-out test images, both ways and back again, scored by ganlab's Fashion-MNIST
+classifier at 32 px (trained once and cached):
 - the share of translated sneakers it labels "ankle boot" (and of translated boots labelled "sneaker"),
   per seed and as the median [min - max] over the seeds, beside the same share for the untranslated images;
 - the cycle reconstruction error |G_BA(G_AB(a)) - a| and |G_AB(G_BA(b)) - b| in grey levels (0-255),
@@ -26,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -151,8 +153,6 @@ def main() -> None:
     # these overrides' run and translations: another --set never reuses them
     works = {seed: out / slug(o) for seed, o in per_seed_overrides.items()}
     t0 = time.monotonic()
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
         walls = dict(zip(seeds, pool.map(lambda seed: train_and_translate(per_seed_overrides[seed], works[seed], folders),
                                          seeds)))
