@@ -85,15 +85,22 @@ def train_and_translate(overrides: list[str], work: Path, folders: dict) -> floa
 DIRECTIONS = (("a2b", "test_a", 9, "sneakers -> ankle boots"), ("b2a", "test_b", 7, "ankle boots -> sneakers"))
 
 
-def scores(work: Path, folders: dict, labels) -> dict:
-    """Per direction: (images, share labelled the target class after, before, cycle error, change), in grey levels."""
+def untranslated(folders: dict, labels) -> dict:
+    """Per direction: the share of the untranslated test images that the judge already labels the target class
+    (the same images for every seed, so labelled once)."""
+    return {direction: (labels(load_folder(folders[src])) == target).float().mean().item()
+            for direction, src, target, _ in DIRECTIONS}
+
+
+def scores(work: Path, folders: dict, labels, before: dict) -> dict:
+    """Per direction: (images, share labelled the target class after, before (from `untranslated`), cycle error,
+    change), in grey levels."""
     out = {}
     for direction, src, target, _ in DIRECTIONS:
         back = "b2a" if direction == "a2b" else "a2b"
         real, fake = load_folder(folders[src]), load_folder(work / f"{src}_{direction}")
         rec = load_folder(work / f"{src}_{direction}_{back}")
-        out[direction] = (len(real), (labels(fake) == target).float().mean().item(),
-                          (labels(real) == target).float().mean().item(),
+        out[direction] = (len(real), (labels(fake) == target).float().mean().item(), before[direction],
                           (rec.float() - real.float()).abs().mean().item(), (fake.float() - real.float()).abs().mean().item())
     return out
 
@@ -162,7 +169,8 @@ def main() -> None:
         with torch.no_grad():
             return clf(x.float().div(127.5).sub(1))[1].argmax(1)
 
-    got = {seed: scores(works[seed], folders, labels) for seed in seeds}
+    before = untranslated(folders, labels)
+    got = {seed: scores(works[seed], folders, labels, before) for seed in seeds}
     steps_done = [int(torch.load(works[s] / "run" / "checkpoints" / "last.pt", map_location="cpu",
                                  weights_only=True)["step"]) for s in seeds]
     rows = table_rows([got[seed] for seed in seeds])
