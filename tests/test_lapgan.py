@@ -237,6 +237,16 @@ def test_the_epoch_schedule_decays_the_lr_and_raises_the_momentum():
     cpu = torch.device("cpu")
     assert LapGAN(compose("model=lapgan", *SMALL, "model.momentum_step=0", "model.lr_decay=0"), _source(),
                   cpu).lr_schedule is None
+    # train.lr_decay_from is not dropped: its linear decay to 0 multiplies the paper's per-epoch factor
+    annealed = LapGAN(compose("model=lapgan", *SMALL, "model.lr_decay=0.5", "train.steps=40",
+                              "train.lr_decay_from=0.5"), _source(), cpu)
+    annealed.attach(batches)  # 10 steps an epoch
+    assert annealed.lr_schedule(11) == pytest.approx(1 / 1.5)  # epoch 1, before the decay starts at step 20
+    assert annealed.lr_schedule(30) == pytest.approx(1.5 ** -2 * 0.5)  # epoch 2, half-way down
+    assert annealed.lr_schedule(40) == 0.0
+    alone = LapGAN(compose("model=lapgan", *SMALL, "model.momentum_step=0", "model.lr_decay=0", "train.steps=40",
+                           "train.lr_decay_from=0.5"), _source(), cpu).lr_schedule
+    assert [alone(s) for s in (20, 30, 40)] == pytest.approx([1.0, 0.5, 0.0])
     with pytest.raises(GanlabError, match="model.d_dropout"):
         LapGAN(compose("model=lapgan", *SMALL, "model.d_dropout=1.0"), _source(), cpu)
     with pytest.raises(GanlabError, match="needs at least 9 px"):

@@ -14,7 +14,8 @@ as many fakes, and its loss the BCE's mean over that mixed batch (half the lab's
 no batch norm anywhere, so mixing or not changes nothing else); G's batch is twice that (their 128
 against D's 64 + 64); SGD with momentum, the learning rate divided by (1 + model.lr_decay) and the
 momentum raised by model.momentum_step (up to model.momentum_max) at each epoch of the data
-(optimizer=sgd_lapgan: the paper's 0.02, 0.5, 4e-5, 0.0008 and 0.8); model.lrs gives each level its own lr
+(optimizer=sgd_lapgan: the paper's 0.02, 0.5, 4e-5, 0.0008 and 0.8), times train.lr_decay_from's linear
+decay to 0 when it is set; model.lrs gives each level its own lr
 (the authors' one --learningRate per scale's script). Loss and penalty: the configured ones (the paper: the
 GAN loss, no penalty).
 """
@@ -38,6 +39,7 @@ from ganlab.models import lapgan as lap
 from ganlab.models.progressive import to_full_size
 from ganlab.objectives.base import Objective, Phase, Runtime, generator_weights
 from ganlab.optim import make_optimizers
+from ganlab.run.runtime import lr_factor
 from ganlab.tricks import make_emas, uses_label_tricks
 from ganlab.viz import image_grid
 
@@ -102,7 +104,7 @@ class LapGAN(Objective):
         self.phases = tuple(phases)
         self.images_per_step = self.batch * (2 * n_critic + 2) * self.levels
         self.data_size = 0  # the training data's size (attach), for the epochs of the lr and momentum schedule
-        self.lr_schedule = self._epoch_schedule(m, int(t.batch_size))
+        self.lr_schedule = self._epoch_schedule(m, int(t.batch_size), t.get("lr_decay_from"), int(t.steps))
         n = int(t.n_samples)
         self.n_fixed = max(1, n // self.n_classes) * self.n_classes if self.n_classes else n
         self.fixed_z = sample_z(self.n_fixed, self.z_dim, torch.Generator().manual_seed(cfg.seed + 1)).to(device)
@@ -110,18 +112,21 @@ class LapGAN(Objective):
                         if self.n_classes else None)
         self.seed = int(cfg.seed)
 
-    def _epoch_schedule(self, m, global_batch: int):
+    def _epoch_schedule(self, m, global_batch: int, decay_from=None, steps: int = 0):
         """The paper's per-epoch schedule as a function of the step (an epoch: the data once through D's real
         half-batches): the lr factor 1 / (1 + lr_decay)^epoch, and each SGD optimizer's momentum set to
-        min(m0 + epoch x momentum_step, momentum_max). None unless the optimizer has momentum to raise."""
+        min(m0 + epoch x momentum_step, momentum_max); times train.lr_decay_from's linear decay to 0 over
+        the last part of train.steps when that is set (an anneal for a run of a few epochs, where the paper's
+        per-epoch decay has not begun). None when there is nothing to schedule."""
         decay, m_step, m_max = (float(m.get(k, d)) for k, d in (("lr_decay", 0.0), ("momentum_step", 0.0),
                                                                  ("momentum_max", 0.0)))
         for key, value in (("lr_decay", decay), ("momentum_step", m_step)):
             if value < 0:
                 raise GanlabError(f"model.{key}={value} is not valid: give a number >= 0 (the paper: 4e-5 and 0.0008).")
         starts = {name: [g.get("momentum", 0.0) for g in opt.param_groups] for name, opt in self.optimizers.items()}
+        anneal = None if decay_from is None else partial(lr_factor, steps=steps, decay_from=float(decay_from))
         if not decay and not m_step:
-            return None
+            return anneal
 
         def schedule(step: int) -> float:
             epoch = (step - 1) // math.ceil(max(1, self.data_size) / global_batch)
@@ -129,7 +134,7 @@ class LapGAN(Objective):
                 for group, m0 in zip(opt.param_groups, starts[name]):
                     if "momentum" in group and m_step:
                         group["momentum"] = max(m0, min(m0 + epoch * m_step, m_max))
-            return (1.0 + decay) ** -epoch
+            return (1.0 + decay) ** -epoch * (1.0 if anneal is None else anneal(step))
 
         return schedule
 
