@@ -10,7 +10,7 @@ import ganlab.objectives.adversarial as objective_mod
 from ganlab.errors import GanlabError
 from ganlab.losses import LOSSES
 from ganlab.models import build_models, d_pack
-from ganlab.models.base import MinibatchStdDev, pack_samples
+from ganlab.models.base import MinibatchDiscrimination, MinibatchStdDev, pack_samples
 from ganlab.optim import make_optimizers
 from ganlab.train import train
 from ganlab.tricks import (EMA, JacobianTruncation, SelfEnsemble, Snapshots, d_targets, diff_augment, instance_noise_std,
@@ -163,6 +163,49 @@ def test_minibatch_stddev_in_d_sees_variety(data_root):
     collapsed = d(x.repeat(8, 1, 1, 1))
     varied = d(torch.cat([x, torch.randn(7, 1, 28, 28)]))
     assert collapsed[0].item() != pytest.approx(varied[0].item(), abs=1e-6)  # same image, other batch
+
+
+def test_minibatch_discrimination_is_the_papers_layer():
+    torch.manual_seed(0)
+    layer = MinibatchDiscrimination(12, kernels=4, dim=3)
+    layer.eval()(torch.randn(6, 12))
+    assert not bool(layer.initialized)  # the data-based init waits for a training batch
+    x = torch.randn(6, 12)
+    out = layer.train()(x)
+    assert bool(layer.initialized) and out.shape == (6, 16) and torch.equal(out[:, :12], x)
+    nearest = (layer.distances(x) + torch.eye(6) * 1e30).amin(dim=2).mean(dim=1)
+    assert torch.allclose(nearest, torch.full((4,), 2.0), atol=1e-4)  # the init: nearest neighbours 2 apart
+    w = layer.theta * layer.log_scale.exp() / layer.theta.norm(dim=0)  # weight norm over the inputs
+    m = torch.einsum("na,abc->nbc", x, w)
+    expected = torch.stack([sum(torch.exp(-(m[i] - m[j]).abs().sum(-1)) for j in range(6) if j != i)
+                            for i in range(6)])
+    assert torch.allclose(out[:, 12:], expected + layer.bias, atol=1e-5)
+    collapsed = layer(x[:1].repeat(6, 1))  # every other sample at distance 0: o = 5 + bias
+    assert torch.allclose(collapsed[:, 12:], 5.0 + layer.bias.expand(6, 4))
+    loaded = MinibatchDiscrimination(12, kernels=4, dim=3)
+    loaded.load_state_dict(layer.state_dict())
+    loaded(torch.randn(6, 12) * 10)  # a resumed D keeps its scale: no second init
+    assert torch.equal(loaded.log_scale, layer.log_scale)
+
+
+def test_minibatch_discrimination_in_d_sees_a_collapsed_batch_and_is_refused_elsewhere():
+    from ganlab.config import validate
+
+    cfg = compose("model=dcgan", "model.minibatch_disc=10", "model.width=8")
+    source = type("S", (), {"kind": "image", "shape": (1, 28, 28), "name": "mnist"})()
+    _, d = build_models(cfg.model, source)
+    layer = next(m for m in d.modules() if isinstance(m, MinibatchDiscrimination))
+    assert d.head.in_features == layer.theta.shape[0] + 10
+    x = torch.randn(1, 1, 28, 28)
+    varied = d(torch.cat([x, torch.randn(7, 1, 28, 28)]))
+    collapsed = d(x.repeat(8, 1, 1, 1))
+    assert collapsed[0].item() != pytest.approx(varied[0].item(), abs=1e-6)  # same image, other batch
+    for overrides, expected in ((("model=pggan", "model.minibatch_disc=100"), "model.minibatch_disc=0"),
+                                (("model=dcgan", "model.minibatch_disc=-1"), "model.minibatch_disc=-1 is not valid"),
+                                (("model=dcgan", "model.minibatch_disc=100", "model.minibatch_disc_dim=0"),
+                                 "model.minibatch_disc_dim=0 is not valid")):
+        with pytest.raises(GanlabError, match=expected):
+            validate(compose(*overrides))
 
 
 def test_ema_tracks_the_generator():

@@ -17,7 +17,7 @@ from torch import nn
 from ganlab import distributed
 from ganlab.errors import GanlabError
 from ganlab.models import dcgan, mlp, resnet
-from ganlab.models.base import Discriminator, Generator, apply_spectral_norm, pack_samples
+from ganlab.models.base import Discriminator, Generator, MinibatchDiscrimination, apply_spectral_norm, pack_samples
 
 BACKBONES = {"mlp": mlp, "dcgan": dcgan, "resnet": resnet}
 
@@ -67,6 +67,10 @@ def build_models(model_cfg, source) -> tuple[Generator, Discriminator]:
         d_extra += (pack - 1) * (source.shape[0] if module.JOIN == "channels" else math.prod(source.shape))
     g_net, features, feat_dim = module.build(model_cfg, tuple(source.shape), source.kind,
                                              int(model_cfg.z_dim) + embed_dim, d_extra)
+    kernels = int(model_cfg.get("minibatch_disc", 0))
+    if kernels:  # Salimans et al. 2016: B closeness-to-the-batch numbers joined to D's features before its head
+        features = nn.Sequential(features, MinibatchDiscrimination(feat_dim, kernels, int(model_cfg.minibatch_disc_dim)))
+        feat_dim += kernels
     g = Generator(g_net, int(model_cfg.z_dim), num_classes, embed_dim)
     d = Discriminator(features, feat_dim, num_classes, model_cfg.cond_d, module.JOIN)
     init_weights(g, model_cfg.init_std)
@@ -150,6 +154,10 @@ def validate_model(m, batch_size: int) -> None:
     if m.init_std is not None:
         positive(m.init_std, "model.init_std", integer=False)
     positive(m.minibatch_stddev, "model.minibatch_stddev", allow_zero=True)
+    if m.get("minibatch_disc", 0):
+        positive(m.minibatch_disc, "model.minibatch_disc", allow_zero=True)
+        positive(m.minibatch_disc_dim, "model.minibatch_disc_dim")
+        adversarial_only(m, f"model.minibatch_disc={m.minibatch_disc}", "model.minibatch_disc=0")
     positive(m.pack, "model.pack")
     if m.pack > 1:
         adversarial_only(m, f"model.pack={m.pack}", "model.pack=1")

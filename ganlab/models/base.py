@@ -1,5 +1,5 @@
 """What every architecture shares: G and D wrappers with optional class conditioning, the
-minibatch standard deviation layer, and spectral normalisation of D.
+minibatch standard deviation and minibatch discrimination layers, and spectral normalisation of D.
 
 A backbone (mlp, dcgan, resnet) builds three pieces: G's network from an input vector,
 D's feature extractor phi(x) -> N x F, and F. The wrappers add the label handling:
@@ -74,6 +74,59 @@ class MinibatchStdDev(nn.Module):
         std = std.repeat(g)  # back to n: sample i belongs to group i % (n/g)
         extra = std.view(n, 1, *([1] * (x.dim() - 2))).expand(n, 1, *x.shape[2:])
         return torch.cat([x, extra], dim=1)
+
+
+class MinibatchDiscrimination(nn.Module):
+    """Minibatch discrimination (Salimans et al. 2016, sec. 3.2; the authors' improved-gan nn.py MinibatchLayer):
+    each sample's features f (N x A) are projected to B kernels of C numbers, M = f W (N x B x C); for every
+    kernel, o_b(x_i) = sum over j != i of exp(-||M_ib - M_jb||_1) + bias_b, and the B numbers o(x_i) are joined
+    to f. A batch whose samples sit too close together (a G over-making some modes) gives large o, which D
+    can learn to score as fake; D must see real and fake batches apart (ganlab's D always does).
+
+    As in the authors' code: W = theta x exp(log_scale) / ||theta|| (weight norm over the inputs), theta from
+    N(0, 0.05), bias -1, and a data-based init on D's first batch in training mode: each kernel's scale is set
+    so that the mean distance of a sample to its nearest neighbour in the batch is 2 (under torchrun: averaged
+    over the ranks, so every rank keeps the same weights). A checkpoint carries the scale and `initialized`."""
+
+    def __init__(self, in_features: int, kernels: int, dim: int = 5):
+        super().__init__()
+        self.theta = nn.Parameter(torch.randn(in_features, kernels, dim) * 0.05)
+        self.log_scale = nn.Parameter(torch.zeros(kernels, dim))
+        self.bias = nn.Parameter(torch.full((kernels,), -1.0))
+        self.register_buffer("initialized", torch.tensor(False))
+        self._ready = False  # a host-side copy of `initialized`: one look at the buffer, not one per step
+
+    def distances(self, x: torch.Tensor) -> torch.Tensor:
+        """B x N x N L1 distances between the samples' projections, kernel by kernel."""
+        w = self.theta * (self.log_scale.exp() / self.theta.pow(2).sum(0).sqrt())
+        m = torch.einsum("na,abc->bnc", x.flatten(1), w).float()  # distances in fp32, also under autocast
+        return torch.cdist(m, m, p=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and not self._ready:
+            self._data_init(x)
+        dist = self.distances(x)
+        n = x.shape[0]
+        others = ~torch.eye(n, dtype=torch.bool, device=x.device)
+        o = (torch.exp(-dist) * others).sum(dim=2).t() + self.bias  # N x B, each sample against the others
+        return torch.cat([x.flatten(1), o.to(x.dtype)], dim=1)
+
+    @torch.no_grad()
+    def _data_init(self, x: torch.Tensor) -> None:
+        from ganlab import distributed
+
+        if not bool(self.initialized) and x.shape[0] > 1:
+            dist = self.distances(x.float())
+            dist = dist + torch.eye(x.shape[0], device=x.device) * torch.finfo(dist.dtype).max
+            half_min = 0.5 * dist.amin(dim=2).mean(dim=1)  # per kernel
+            half_min = distributed.all_reduce(half_min) / distributed.world()
+            self.log_scale.sub_(half_min.clamp_min(1e-12).log()[:, None])
+            self.initialized.fill_(True)
+        self._ready = bool(self.initialized)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._ready = False  # look at the loaded buffer again on the next training step
 
 
 def pack_samples(x: torch.Tensor, m: int, join: str) -> torch.Tensor:

@@ -46,9 +46,12 @@ class Adversarial(Objective):
                               f"(nonsaturating, minimax, least_squares), not loss={self.loss_fn.name}.")
         self.penalty = get_penalty(cfg.penalty)
         self.penalty_name = cfg.penalty.name
-        if self.penalty is not None and cfg.model.d_norm == "batch":
-            log.warning("a gradient penalty with BatchNorm in D: the per-sample penalty is ill-defined "
-                        "with batch statistics (Gulrajani et al. 2017, sec. 4); consider model.d_norm=layer.")
+        mixers = [what for what, on in (("BatchNorm", cfg.model.d_norm == "batch"),
+                                        ("minibatch discrimination", cfg.model.get("minibatch_disc", 0))) if on]
+        if self.penalty is not None and mixers:
+            log.warning(f"a gradient penalty with {' and '.join(mixers)} in D: the per-sample penalty is ill-defined "
+                        "when D's score of a sample depends on the rest of its batch (Gulrajani et al. 2017, sec. 4)"
+                        + ("; consider model.d_norm=layer." if "BatchNorm" in mixers else "."))
         opt_g, opt_d = make_optimizers(cfg.optimizer, g, d, device)
         self.nets = {"generator": g, "discriminator": d}
         self.optimizers = {"g": opt_g, "d": opt_d}
