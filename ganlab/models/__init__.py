@@ -154,8 +154,8 @@ def validate_model(m, batch_size: int) -> None:
     if m.init_std is not None:
         positive(m.init_std, "model.init_std", integer=False)
     positive(m.minibatch_stddev, "model.minibatch_stddev", allow_zero=True)
+    positive(m.get("minibatch_disc", 0), "model.minibatch_disc", allow_zero=True)
     if m.get("minibatch_disc", 0):
-        positive(m.minibatch_disc, "model.minibatch_disc", allow_zero=True)
         positive(m.minibatch_disc_dim, "model.minibatch_disc_dim")
         adversarial_only(m, f"model.minibatch_disc={m.minibatch_disc}", "model.minibatch_disc=0")
     positive(m.pack, "model.pack")
