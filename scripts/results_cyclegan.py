@@ -199,7 +199,7 @@ def main() -> None:
              f"{len(list(folders['train_b'].glob('*.png'))):,} ankle boots (B) of Fashion-MNIST's training set, exported "
              "by `python scripts/fashion_domains.py` from Debian's `dataset-fashion-mnist`, no pairs; trained at 32 px: "
              f"`{cmd}` for seeds {per_seed(seeds)} (the paper's recipe, batch 1, with {args.width} channels instead of "
-             f"64; {per_seed([f'{d:,}' for d in steps_done])} steps of the {steps:,} planned, the lr constant for the "
+             f"64{' and the settings of --set: ' + ' '.join(args.set) if args.set else ''}; {per_seed([f'{d:,}' for d in steps_done])} steps of the {steps:,} planned, the lr constant for the "
              "first half of the plan, then falling linearly to 0). Scored on the held-out test images (1,000 of each "
              "class): `ganlab translate run=RUN in=TEST_A out=A2B direction=a2b`, then back with direction=b2a, "
              "labelled by ganlab's Fashion-MNIST classifier at "
