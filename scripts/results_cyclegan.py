@@ -189,6 +189,7 @@ def main() -> None:
 
     cmd = "ganlab train " + " ".join(o.replace(str(REPO) + "/", "") for o in overrides) + " seed=S"
     trained = [f"{w:.0f} min" if w == w else "reused" for w in walls.values()]
+    settings = f" and the settings of --set: {' '.join(args.set)}" if args.set else ""
     lines = [BEGIN, "## 6. CycleGAN: sneakers <-> ankle boots (unpaired, real Fashion-MNIST)", "",
              f"Made by `python scripts/results_cyclegan.py{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}` on "
              f"{time.strftime('%Y-%m-%d')} ({platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
@@ -199,8 +200,8 @@ def main() -> None:
              f"{len(list(folders['train_b'].glob('*.png'))):,} ankle boots (B) of Fashion-MNIST's training set, exported "
              "by `python scripts/fashion_domains.py` from Debian's `dataset-fashion-mnist`, no pairs; trained at 32 px: "
              f"`{cmd}` for seeds {per_seed(seeds)} (the paper's recipe, batch 1, with {args.width} channels instead of "
-             f"64{' and the settings of --set: ' + ' '.join(args.set) if args.set else ''}; {per_seed([f'{d:,}' for d in steps_done])} steps of the {steps:,} planned, the lr constant for the "
-             "first half of the plan, then falling linearly to 0). Scored on the held-out test images (1,000 of each "
+             f"64{settings}; {per_seed([f'{d:,}' for d in steps_done])} steps of the {steps:,} planned, the lr constant "
+             "for the first half of the plan, then falling linearly to 0). Scored on the held-out test images (1,000 of each "
              "class): `ganlab translate run=RUN in=TEST_A out=A2B direction=a2b`, then back with direction=b2a, "
              "labelled by ganlab's Fashion-MNIST classifier at "
              f"32 px (held-out accuracy {info['held_out_accuracy']:.4f}); the errors are mean absolute differences "
