@@ -170,12 +170,13 @@ class _Run(Checkpoints, Reporting, Evaluation):
                 net.requires_grad_(name in trains)
             self._trainable = trains
 
-    def set_lr_factor(self, factor: float) -> None:
-        """A Python float per step (train.lr_decay_from): no sync; only the rollbacks' lowering is checkpointed."""
-        factor *= self.lr_scale
+    def set_lr_factor(self, factor: float | dict[str, float]) -> None:
+        """A Python float per step (train.lr_decay_from), or one per optimizer name (an objective's lr_schedule,
+        e.g. LapGAN's levels counting their own epochs): no sync; only the rollbacks' lowering is checkpointed."""
         for name, opt in self.objective.optimizers.items():
+            f = (factor[name] if isinstance(factor, dict) else factor) * self.lr_scale
             for group, lr in zip(opt.param_groups, self.base_lrs[name]):
-                group["lr"] = lr * factor
+                group["lr"] = lr * f
 
     def _stop_now(self, step: int, final: bool, stop: StopSignals, t_start: float, log_every: int) -> tuple[bool, bool]:
         """(stop after this step, because the time budget ran out): on a signal or train.max_minutes; under

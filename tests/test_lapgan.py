@@ -228,12 +228,18 @@ def test_the_epoch_schedule_decays_the_lr_and_raises_the_momentum():
     assert batches.checked[0] == 12 and "2 x train.batch_size" in batches.checked[1]
     per_epoch = 10  # 60 images / batch 6
     momenta = lambda: {round(g["momentum"], 9) for opt in obj.optimizers.values() for g in opt.param_groups}  # noqa: E731
-    assert obj.lr_schedule(1) == 1.0 and momenta() == {0.5}
-    assert obj.lr_schedule(per_epoch) == 1.0  # still the first epoch
-    assert obj.lr_schedule(per_epoch + 1) == pytest.approx(1 / 1.5) and momenta() == {0.6}
-    assert obj.lr_schedule(3 * per_epoch + 1) == pytest.approx(1.5 ** -3) and momenta() == {0.8}
-    assert obj.lr_schedule(9 * per_epoch + 1) == pytest.approx(1.5 ** -9) and momenta() == {0.8}  # capped
-    assert obj.lr_schedule(1) == 1.0 and momenta() == {0.5}  # a pure function of the step (resume)
+
+    def lr(step):  # the one factor of every level (each makes one update a step)
+        factors = obj.lr_schedule(step)
+        assert set(factors) == set(obj.optimizers) and len(set(factors.values())) == 1
+        return factors["g0"]
+
+    assert lr(1) == 1.0 and momenta() == {0.5}
+    assert lr(per_epoch) == 1.0  # still the first epoch
+    assert lr(per_epoch + 1) == pytest.approx(1 / 1.5) and momenta() == {0.6}
+    assert lr(3 * per_epoch + 1) == pytest.approx(1.5 ** -3) and momenta() == {0.8}
+    assert lr(9 * per_epoch + 1) == pytest.approx(1.5 ** -9) and momenta() == {0.8}  # capped
+    assert lr(1) == 1.0 and momenta() == {0.5}  # a pure function of the step (resume)
     cpu = torch.device("cpu")
     assert LapGAN(compose("model=lapgan", *SMALL, "model.momentum_step=0", "model.lr_decay=0"), _source(),
                   cpu).lr_schedule is None
@@ -241,9 +247,9 @@ def test_the_epoch_schedule_decays_the_lr_and_raises_the_momentum():
     annealed = LapGAN(compose("model=lapgan", *SMALL, "model.lr_decay=0.5", "train.steps=40",
                               "train.lr_decay_from=0.5"), _source(), cpu)
     annealed.attach(batches)  # 10 steps an epoch
-    assert annealed.lr_schedule(11) == pytest.approx(1 / 1.5)  # epoch 1, before the decay starts at step 20
-    assert annealed.lr_schedule(30) == pytest.approx(1.5 ** -2 * 0.5)  # epoch 2, half-way down
-    assert annealed.lr_schedule(40) == 0.0
+    assert annealed.lr_schedule(11)["d1"] == pytest.approx(1 / 1.5)  # epoch 1, before the decay starts at step 20
+    assert annealed.lr_schedule(30)["g2"] == pytest.approx(1.5 ** -2 * 0.5)  # epoch 2, half-way down
+    assert set(annealed.lr_schedule(40).values()) == {0.0}
     alone = LapGAN(compose("model=lapgan", *SMALL, "model.momentum_step=0", "model.lr_decay=0", "train.steps=40",
                            "train.lr_decay_from=0.5"), _source(), cpu).lr_schedule
     assert [alone(s) for s in (20, 30, 40)] == pytest.approx([1.0, 0.5, 0.0])
@@ -269,3 +275,25 @@ def test_model_lrs_gives_each_level_its_own_learning_rate():
             LapGAN(compose("model=lapgan", *SMALL, bad), _source(), cpu)
     with pytest.raises(GanlabError, match="drop optimizer.lr_g"):
         LapGAN(compose("model=lapgan", *SMALL, "model.lrs=[0.1,0.1,0.1]", "optimizer.lr_d=0.01"), _source(), cpu)
+
+
+def test_model_level_steps_gives_a_level_several_updates_a_step_and_its_own_epochs():
+    cpu = torch.device("cpu")
+    obj = LapGAN(compose("model=lapgan", *SMALL, "model.level_steps=[1,2,3]", "model.momentum_step=0.1",
+                         "model.lr_decay=0.5"), _source(), cpu)
+    assert [p.name for p in obj.phases] == ["D0", "G0", "D1", "G1", "D1", "G1", "D2", "G2", "D2", "G2", "D2", "G2"]
+    assert obj.images_per_step == 6 * 4 * 6  # D: 6 reals + 6 fakes, G: 12, for each of the 6 updates
+
+    class Batches:
+        size = 60  # 10 batches of 6: an epoch of level 0 every 10 steps, of level 1 every 5, of level 2 every 4
+
+    obj.attach(type("B", (Batches,), {"check": lambda self, n, what: None})())
+    factors = obj.lr_schedule(5)  # level 0: 4 batches seen (epoch 0), level 1: 8 (epoch 0), level 2: 12 (epoch 1)
+    assert factors["g0"] == factors["d0"] == 1.0 and factors["g1"] == 1.0 and factors["d2"] == pytest.approx(1 / 1.5)
+    momenta = {name: opt.param_groups[0]["momentum"] for name, opt in obj.optimizers.items()}
+    assert momenta["g0"] == momenta["d1"] == 0.5 and momenta["g2"] == pytest.approx(0.6)
+    assert LapGAN(compose("model=lapgan", *SMALL), _source(), cpu).level_steps == [1, 1, 1]
+    for bad in ("model.level_steps=[1,2]", "model.level_steps=[1,0,1]", "model.level_steps=[1,1.5,1]",
+                "model.level_steps=[1,true,1]"):
+        with pytest.raises(GanlabError, match="one whole number >= 1 per level"):
+            LapGAN(compose("model=lapgan", *SMALL, bad), _source(), cpu)

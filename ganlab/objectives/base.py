@@ -96,8 +96,9 @@ class Objective:
     data_hint = "trains on one set of images or 2D points."  # the refusal for other data: "model=NAME <hint>"
     samples_from_noise = True  # generate() draws from latents: the watchdog tracks the samples' diversity
     ddp_find_unused = False  # DDP's find_unused_parameters (PG-GAN: the layers of resolutions not yet grown)
-    # step -> lr factor, in place of train.lr_decay_from's (CycleGAN's epochs replace it; LapGAN's multiply it in)
-    lr_schedule: Callable[[int], float] | None = None
+    # step -> lr factor, or {optimizer name: lr factor}, in place of train.lr_decay_from's (CycleGAN's epochs
+    # replace it; LapGAN's per-level epochs multiply it in)
+    lr_schedule: Callable[[int], float | dict[str, float]] | None = None
 
     def __init__(self):
         self.nets, self.optimizers, self.ema, self.phases = {}, {}, {}, ()

@@ -69,6 +69,19 @@ def _level_optimizers(opt_cfg, lrs, levels: int) -> list:
     return [OmegaConf.create({**resolved, "lr": float(lr)}) for lr in lrs]
 
 
+def _level_steps(value, levels: int) -> list[int]:
+    """How many updates (D then G) each level makes per training step, finest first (model.level_steps; null:
+    one each). The levels are independent GANs (the authors trained each in its own script, for as long as
+    it took), so a cheap coarse level can take several updates in the time of one update of the 32 px level."""
+    if value is None:
+        return [1] * levels
+    steps = list(value)
+    if len(steps) != levels or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in steps):
+        raise GanlabError(f"model.level_steps={steps} is not valid: give one whole number >= 1 per level, finest "
+                          f"first ({levels} of them, e.g. [1,2,2]), or model.level_steps=null for one update each.")
+    return steps
+
+
 def residual_grid(h: Tensor, nrow: int | None = None) -> Tensor:
     """Signed residuals for display: 0 is mid-grey, +-(the grid's largest |h|) white and black."""
     return image_grid(h / h.abs().amax().clamp_min(1e-8), nrow)
@@ -93,16 +106,17 @@ class LapGAN(Objective):
         self.global_batch = int(t.batch_size)
         n_critic = int(t.n_critic)
         level_opts = _level_optimizers(cfg.optimizer, m.get("lrs"), len(gens))
+        self.level_steps = _level_steps(m.get("level_steps"), len(gens))
         phases = []
         for k, (g, d) in enumerate(zip(gens, discs)):
             g, d = g.to(device), d.to(device)
             self.nets[f"generator_{k}"], self.nets[f"discriminator_{k}"] = g, d
             self.optimizers[f"g{k}"], self.optimizers[f"d{k}"] = make_optimizers(level_opts[k], g, d, device)
             phases += [Phase(f"D{k}", f"d{k}", (f"discriminator_{k}",), partial(self.d_loss, k), repeats=n_critic),
-                       Phase(f"G{k}", f"g{k}", (f"generator_{k}",), partial(self.g_loss, k))]
+                       Phase(f"G{k}", f"g{k}", (f"generator_{k}",), partial(self.g_loss, k))] * self.level_steps[k]
         self.ema = make_emas(tricks, self.nets, [f"generator_{k}" for k in range(len(gens))])
         self.phases = tuple(phases)
-        self.images_per_step = self.batch * (2 * n_critic + 2) * self.levels
+        self.images_per_step = self.batch * (2 * n_critic + 2) * sum(self.level_steps)
         self.data_size = 0  # the training data's size (attach), for the epochs of the lr and momentum schedule
         self.lr_schedule = self._epoch_schedule(m, int(t.batch_size), t.get("lr_decay_from"), int(t.steps))
         n = int(t.n_samples)
@@ -113,11 +127,12 @@ class LapGAN(Objective):
         self.seed = int(cfg.seed)
 
     def _epoch_schedule(self, m, global_batch: int, decay_from=None, steps: int = 0):
-        """The paper's per-epoch schedule as a function of the step (an epoch: the data once through D's real
-        half-batches): the lr factor 1 / (1 + lr_decay)^epoch, and each SGD optimizer's momentum set to
-        min(m0 + epoch x momentum_step, momentum_max); times train.lr_decay_from's linear decay to 0 over
-        the last part of train.steps when that is set (an anneal for a run of a few epochs, where the paper's
-        per-epoch decay has not begun). None when there is nothing to schedule."""
+        """The paper's per-epoch schedule as a function of the step (an epoch of level k: the data once through
+        its D's real half-batches, model.level_steps[k] of them a step): each level's lr factor
+        1 / (1 + lr_decay)^epoch, and each SGD optimizer's momentum set to min(m0 + epoch x momentum_step,
+        momentum_max); times train.lr_decay_from's linear decay to 0 over the last part of train.steps when
+        that is set (an anneal for a run of a few epochs, where the paper's per-epoch decay has not begun).
+        Returns {optimizer name: lr factor}; None when there is nothing to schedule."""
         decay, m_step, m_max = (float(m.get(k, d)) for k, d in (("lr_decay", 0.0), ("momentum_step", 0.0),
                                                                  ("momentum_max", 0.0)))
         for key, value in (("lr_decay", decay), ("momentum_step", m_step)):
@@ -127,14 +142,17 @@ class LapGAN(Objective):
         anneal = None if decay_from is None else partial(lr_factor, steps=steps, decay_from=float(decay_from))
         if not decay and not m_step:
             return anneal
+        level_of = {name: int(name[1:]) for name in self.optimizers}  # "g<k>", "d<k>"
 
-        def schedule(step: int) -> float:
-            epoch = (step - 1) // math.ceil(max(1, self.data_size) / global_batch)
+        def schedule(step: int) -> dict[str, float]:
+            per_epoch = math.ceil(max(1, self.data_size) / global_batch)
+            epochs = [(step - 1) * n // per_epoch for n in self.level_steps]
             for name, opt in self.optimizers.items():
                 for group, m0 in zip(opt.param_groups, starts[name]):
                     if "momentum" in group and m_step:
-                        group["momentum"] = max(m0, min(m0 + epoch * m_step, m_max))
-            return (1.0 + decay) ** -epoch * (1.0 if anneal is None else anneal(step))
+                        group["momentum"] = max(m0, min(m0 + epochs[level_of[name]] * m_step, m_max))
+            last = 1.0 if anneal is None else anneal(step)
+            return {name: (1.0 + decay) ** -epochs[k] * last for name, k in level_of.items()}
 
         return schedule
 
