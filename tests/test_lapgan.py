@@ -285,7 +285,7 @@ def test_model_level_steps_gives_a_level_several_updates_a_step_and_its_own_epoc
     assert obj.images_per_step == 6 * 4 * 6  # D: 6 reals + 6 fakes, G: 12, for each of the 6 updates
 
     class Batches:
-        size = 60  # 10 batches of 6: an epoch of level 0 every 10 steps, of level 1 every 5, of level 2 every 4
+        size = 60  # 10 batches of 6: an epoch of level 0 every 10 steps, of level 1 every 5, of level 2 every 3 1/3
 
     obj.attach(type("B", (Batches,), {"check": lambda self, n, what: None})())
     factors = obj.lr_schedule(5)  # level 0: 4 batches seen (epoch 0), level 1: 8 (epoch 0), level 2: 12 (epoch 1)

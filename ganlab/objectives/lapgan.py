@@ -53,15 +53,23 @@ def _num_classes(cfg, source) -> int | None:
     return int(source.num_classes)
 
 
+def _per_level(key: str, value, levels: int, valid, what: str, example: str, null_gives: str) -> list:
+    """model.<key>'s list of one value per level, finest first, each passing `valid` (a bool is no number);
+    one clear error otherwise."""
+    values = list(value)
+    if len(values) != levels or not all(not isinstance(v, bool) and valid(v) for v in values):
+        raise GanlabError(f"model.{key}={values} is not valid: give {what} per level, finest first ({levels} of them, "
+                          f"e.g. {example}), or model.{key}=null for {null_gives}.")
+    return values
+
+
 def _level_optimizers(opt_cfg, lrs, levels: int) -> list:
     """The optimizer config of each level, finest first: optimizer.* with its lr replaced by model.lrs[k]
     when model.lrs is given (the authors trained each scale with its own script and --learningRate)."""
     if lrs is None:
         return [opt_cfg] * levels
-    lrs = list(lrs)
-    if len(lrs) != levels or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in lrs):
-        raise GanlabError(f"model.lrs={lrs} is not valid: give one learning rate > 0 per level, finest first ({levels} "
-                          "of them, e.g. [0.02,0.1,0.1]), or model.lrs=null for optimizer.lr at every level.")
+    lrs = _per_level("lrs", lrs, levels, lambda v: isinstance(v, (int, float)) and v > 0, "one learning rate > 0",
+                     "[0.02,0.1,0.1]", "optimizer.lr at every level")
     if opt_cfg.get("lr_g") is not None or opt_cfg.get("lr_d") is not None:
         raise GanlabError("model.lrs sets each level's learning rate for its G and D; drop optimizer.lr_g / "
                           "optimizer.lr_d, or use model.lrs=null.")
@@ -75,11 +83,8 @@ def _level_steps(value, levels: int) -> list[int]:
     it took), so a cheap coarse level can take several updates in the time of one update of the 32 px level."""
     if value is None:
         return [1] * levels
-    steps = list(value)
-    if len(steps) != levels or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in steps):
-        raise GanlabError(f"model.level_steps={steps} is not valid: give one whole number >= 1 per level, finest "
-                          f"first ({levels} of them, e.g. [1,2,2]), or model.level_steps=null for one update each.")
-    return steps
+    return _per_level("level_steps", value, levels, lambda v: isinstance(v, int) and v >= 1, "one whole number >= 1",
+                      "[1,2,2]", "one update each")
 
 
 def residual_grid(h: Tensor, nrow: int | None = None) -> Tensor:
@@ -142,7 +147,7 @@ class LapGAN(Objective):
         anneal = None if decay_from is None else partial(lr_factor, steps=steps, decay_from=float(decay_from))
         if not decay and not m_step:
             return anneal
-        level_of = {name: int(name[1:]) for name in self.optimizers}  # "g<k>", "d<k>"
+        level_of = {f"{net}{k}": k for k in range(self.levels) for net in "gd"}  # the optimizers' names
 
         def schedule(step: int) -> dict[str, float]:
             per_epoch = math.ceil(max(1, self.data_size) / global_batch)
