@@ -38,6 +38,15 @@ def _wait_for(predicate, proc, timeout=120):
         time.sleep(0.05)
 
 
+def _sleep_unless(predicate, seconds):
+    """Sleep for `seconds`, or less when `predicate` comes true first: a kill at a random moment that still
+    comes before the run's next checkpoint, however fast the machine trains (a plain sleep let a fast run
+    reach its last step before the last kill)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and not predicate():
+        time.sleep(0.01)
+
+
 def _last_step(run) -> int:
     """The step checkpoints/last.pt holds (0 before there is one), read from the numbered file it is a
     hard link to. A numbered file appears before last.pt is swapped onto it, so waiting on the numbered
@@ -75,7 +84,8 @@ def test_sigkills_in_a_row_each_resumed_end_bit_identical(model, n_kills, tmp_pa
     interrupted."""
     data = tmp_path / "data"
     make_idx(data, n=200)
-    steps = 40 * n_kills  # each kill waits for a new checkpoint (every 20 steps): room for all of them and more
+    # each kill comes at most two checkpoints (every 20 steps) after the one before: room for all, one to spare
+    steps = 40 * n_kills + 20
     whole = _popen(_args(model, data, tmp_path / "whole", steps), tmp_path)  # beside the killed runs: 2 cores
 
     run, rng, kills = tmp_path / "killed", random.Random(), []
@@ -83,10 +93,11 @@ def test_sigkills_in_a_row_each_resumed_end_bit_identical(model, n_kills, tmp_pa
         done = _last_step(run)
         proc = _popen(_args(model, data, run, steps, "resume=auto"), tmp_path)
         if rng.random() < 0.3:  # anywhere: start-up, data loading, the first steps
-            time.sleep(rng.uniform(0.0, 4.0))
+            _sleep_unless(lambda: _last_step(run) > done, rng.uniform(0.0, 4.0))
         else:  # a random moment after the run has made progress
             _wait_for(lambda: _last_step(run) > done, proc)
-            time.sleep(rng.uniform(0.0, 0.3))
+            reached = _last_step(run)
+            _sleep_unless(lambda: _last_step(run) > reached, rng.uniform(0.0, 0.3))
         assert proc.poll() is None, "the run finished before it could be killed: " + proc.stdout.read()
         proc.send_signal(signal.SIGKILL)
         proc.wait()
