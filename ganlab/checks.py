@@ -11,7 +11,7 @@ EXAMPLES = {"optimizer.lr": "2e-4", "optimizer.lr_g": "1e-4", "optimizer.lr_d": 
             "model.init_std": "0.02", "penalty.weight": "10", "train.clip_d": "0.01", "train.batch_size": "64",
             "model.z_dim": "100", "model.width": "64", "tricks.instance_noise": "0.1",
             "tricks.ema_rampup": "0.05", "tricks.self_ensemble": "3", "tricks.self_ensemble_every": "2000",
-            "model.minibatch_disc": "100", "model.minibatch_disc_dim": "5"}
+            "model.minibatch_disc": "100", "model.minibatch_disc_dim": "5", "tricks.feature_matching": "10"}
 
 
 def positive(value, name: str, *, integer: bool = True, allow_zero: bool = False) -> None:

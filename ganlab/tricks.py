@@ -379,4 +379,7 @@ def validate_tricks(tr, m) -> None:
         positive(tr.self_ensemble_every, "tricks.self_ensemble_every")
         if tr.self_ensemble > 1:
             adversarial_only(m, "tricks.self_ensemble", "tricks.self_ensemble=0")
+    positive(tr.get("feature_matching", 0.0), "tricks.feature_matching", integer=False, allow_zero=True)
+    if tr.get("feature_matching"):
+        adversarial_only(m, "tricks.feature_matching", "tricks.feature_matching=0")
     boolean(tr.noisy_labels, "tricks.noisy_labels")

@@ -1,5 +1,6 @@
 """Each training trick changes what it claims to change."""
 
+import contextlib
 import dataclasses
 
 import pytest
@@ -7,6 +8,7 @@ import torch
 from omegaconf import OmegaConf
 
 import ganlab.objectives.adversarial as objective_mod
+from ganlab.objectives.adversarial import Adversarial
 from ganlab.errors import GanlabError
 from ganlab.losses import LOSSES
 from ganlab.models import build_models, d_pack
@@ -560,3 +562,69 @@ def test_bad_jacobian_truncation_settings_are_refused_before_training(overrides,
 
     with pytest.raises(GanlabError, match=expected):
         validate(compose("model=gan", *overrides))
+
+
+class _RealBatches:
+    """A stand-in for the loop's runtime: hands out one real batch and counts how often it is asked."""
+    device = torch.device("cpu")
+
+    def __init__(self, x):
+        self.x, self.calls = x, 0
+
+    def next_batch(self, n=None):
+        self.calls += 1
+        return self.x, None
+
+    def autocast(self):
+        return contextlib.nullcontext()
+
+    def loss_scale(self, optimizer):
+        return None
+
+
+def test_feature_matching_adds_the_squared_distance_of_the_batch_mean_features_to_g_loss():
+    """Salimans et al. 2016, sec. 3.1, as a term of G's loss: weight x mean over D's features (the layer its head
+    reads; here of PacGAN packs) of (mean over a real batch - mean over G's batch)^2. Off, G's step draws no real
+    batch (the data stream, and so every earlier run, unchanged)."""
+    source = type("S", (), {"kind": "image", "shape": (1, 28, 28), "name": "mnist"})()
+    cfg = compose("model=dcgan", "model.width=8", "model.pack=2", "tricks.feature_matching=2.5", "train.batch_size=8")
+    obj = Adversarial(cfg, source, torch.device("cpu"))
+    g, d = obj.nets["generator"], obj.nets["discriminator"]
+    made = []
+    hook = g.register_forward_hook(lambda module, args, out: made.append(out))
+    real = torch.rand(8, 1, 28, 28) * 2 - 1
+    rt = _RealBatches(real)
+    loss, logs = obj.g_loss(0, rt)
+    hook.remove()
+    assert rt.calls == 1 and obj.images_per_step == 8 * 4  # D's real and fake batches, G's, and this real one
+    pack = d_pack(cfg.model, source)
+    with torch.no_grad():
+        score, h_gen = d(pack(made[0]), features=True)
+        _, h_real = d(pack(real), features=True)
+    assert h_gen.shape == (4, d.head.in_features)  # 4 packs of 2
+    fm = (h_real.mean(0) - h_gen.mean(0)).square().mean()
+    assert float(logs["Loss/feature_matching"].detach()) == pytest.approx(float(fm), rel=1e-5)
+    assert float(logs["Loss/G"].detach()) == pytest.approx(float(LOSSES["nonsaturating"].g(score)), rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(float(LOSSES["nonsaturating"].g(score) + 2.5 * fm), rel=1e-5)
+    loss.backward()  # the real features carry no graph: G's gradient comes through its own batch
+    assert all(p.grad is not None for p in g.parameters())
+
+    off = Adversarial(compose("model=dcgan", "model.width=8", "train.batch_size=8"), source, torch.device("cpu"))
+    rt = _RealBatches(real)
+    _, logs = off.g_loss(0, rt)
+    assert rt.calls == 0 and "Loss/feature_matching" not in logs and off.images_per_step == 8 * 3
+
+
+def test_feature_matching_trains_logs_its_term_and_refuses_what_it_cannot_be(tmp_path):
+    from ganlab.config import validate
+
+    cfg = compose("model=gan", "dataset=ring8", "tricks.feature_matching=1.0", "device=cpu", "train.steps=4",
+                  "train.progress=none", "train.log_every=2", "train.sample_every=100", "train.ckpt_every=100",
+                  "eval.every=null")
+    train(cfg, tmp_path)
+    values = [e.value for e in read_events(tmp_path / "tb").Scalars("Loss/feature_matching")]
+    assert len(values) == 2 and all(v > 0 for v in values)
+    for overrides, expected in ((("model=dcgan", "tricks.feature_matching=-1"), "feature_matching=-1 is not valid"),
+                                (("model=pggan", "tricks.feature_matching=1"), "tricks.feature_matching=0")):
+        with pytest.raises(GanlabError, match=expected):
+            validate(compose(*overrides))

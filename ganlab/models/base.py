@@ -43,7 +43,8 @@ class Discriminator(nn.Module):
         self.num_classes, self.cond, self.join = num_classes, cond, join
         self.embed = nn.Embedding(num_classes, feat_dim) if num_classes and cond == "projection" else None
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, features: bool = False):
+        """The score of each input; with `features`, (scores, the features its head reads: N x feat_dim)."""
         if self.num_classes and self.cond == "concat":
             onehot = F.one_hot(y, self.num_classes).to(x.dtype)
             if self.join == "channels":
@@ -54,7 +55,7 @@ class Discriminator(nn.Module):
         out = self.head(h).view(-1)
         if self.embed is not None:
             out = out + (self.embed(y) * h).sum(dim=1)
-        return out
+        return (out, h) if features else out
 
 
 class MinibatchStdDev(nn.Module):

@@ -80,7 +80,9 @@ class Adversarial(Objective):
             self.d_kw.get(targets[0], 1.0), self.d_kw.get(targets[1], 0.0))
         self.d_params = list(d.parameters())
         clip = None if t.clip_d is None else float(t.clip_d)
-        self.images_per_step = self.batch * (2 * self.n_critic + 1)
+        self.feature_matching = float(tricks.get("feature_matching") or 0.0)
+        # D's inputs per step: n_critic real and fake batches, G's batch (and a real one for feature matching)
+        self.images_per_step = self.batch * (2 * self.n_critic + 1 + (self.feature_matching > 0))
         self.phases = (
             Phase("D", "d", ("discriminator",), self.d_loss, repeats=self.n_critic,
                   after=(lambda: clip_weights(self.d_params, clip)) if clip is not None else None),
@@ -138,20 +140,34 @@ class Adversarial(Objective):
         return loss_d, {"Loss/D": loss_d, **logs, **d_score_logs(loss, d_real, d_fake)}
 
     def g_loss(self, step: int, rt: Runtime):
-        """G through the frozen D, on a fresh fake batch."""
+        """G through the frozen D, on a fresh fake batch (with tricks.feature_matching, also D's features of a
+        fresh real batch: G's loss gains the squared distance between the two batches' mean features)."""
         y_gen = self._fake_labels(self.batch)
+        d, noise_std = self.fwd["discriminator"], self._noise_std(step)
         with rt.autocast():
             gen = self.fwd["generator"](sample_z(self.batch, self.z_dim, device=self.device), y_gen).float()
-            d_gen = self.fwd["discriminator"](self.d_input(gen, self._noise_std(step)), y_gen).float()
+            if not self.feature_matching:
+                d_gen = d(self.d_input(gen, noise_std), y_gen).float()
+            else:
+                d_gen, h_gen = d(self.d_input(gen, noise_std), y_gen, features=True)
+                d_gen = d_gen.float()
+                real, y_real = rt.next_batch()
+                with torch.no_grad():
+                    _, h_real = d(self.d_input(real, noise_std), y_real if self.n_classes else None, features=True)
         loss_g = self.loss_fn.g(d_gen, **self.g_kw)
-        return loss_g, {"Loss/G": loss_g}
+        if not self.feature_matching:
+            return loss_g, {"Loss/G": loss_g}
+        fm = (h_real.float().mean(0) - h_gen.float().mean(0)).square().mean()
+        return loss_g + self.feature_matching * fm, {"Loss/G": loss_g, "Loss/feature_matching": fm}
 
     # ---------------------------------------------------------------------- reporting, sampling
     def describe(self) -> str:
         g, d = self.nets["generator"], self.nets["discriminator"]
+        fm = f" + feature matching x {self.feature_matching:g}" if self.feature_matching else ""
         return (f"{self.backbone}{', conditional' if self.n_classes else ''}"
                 f"{f', D on packs of {self.pack_size}' if self.pack_size > 1 else ''} | loss "
-                f"{self.loss_fn.name}{' + ' + self.penalty_name if self.penalty else ''} | n_critic {self.n_critic} | "
+                f"{self.loss_fn.name}{' + ' + self.penalty_name if self.penalty else ''}"
+                f"{fm} | n_critic {self.n_critic} | "
                 f"G {sum(p.numel() for p in g.parameters()):,} params, D {sum(p.numel() for p in d.parameters()):,} params")
 
     def scalars(self, step: int) -> dict[str, float]:
